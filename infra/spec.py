@@ -1,0 +1,237 @@
+"""Plain data describing a container stack, independent of any tool that deploys it.
+
+A :class:`Stack` holds networks, volumes and services. Renderers (``infra.pulumi_program``,
+``infra.compose``) turn it into resources; nothing here talks to Docker or Pulumi.
+
+Secrets never live in the spec: a service's :class:`SecretEnv` is a template such as
+``"redis://:{redis_password}@af-redis-1:6379/0"`` whose placeholders name entries of
+:attr:`Stack.secrets`. Each renderer substitutes values from its own secret source (Pulumi
+secret outputs, or environment variables for compose) at the last moment.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import quote
+
+RestartPolicy = Literal["no", "always", "on-failure", "unless-stopped"]
+DependencyCondition = Literal["service_started", "service_healthy"]
+
+
+class SpecError(ValueError):
+    """The spec is inconsistent (a reference to something it does not declare)."""
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A named secret the stack needs; ``setting`` is the user-facing name of its source."""
+
+    name: str
+    setting: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class SecretEnv:
+    """An env value built from secrets: ``str.format`` placeholders name :class:`Secret`s.
+
+    ``url_quote`` percent-encodes each substituted value (for passwords inside URLs).
+    """
+
+    template: str
+    url_quote: bool = False
+
+    def secret_names(self) -> tuple[str, ...]:
+        names = [name for _, name, _, _ in string.Formatter().parse(self.template) if name]
+        return tuple(dict.fromkeys(names))
+
+    def resolve(self, values: Mapping[str, str]) -> str:
+        missing = [name for name in self.secret_names() if name not in values]
+        if missing:
+            raise SpecError(f"no value for secret(s) {', '.join(missing)}")
+        used = {name: values[name] for name in self.secret_names()}
+        if self.url_quote:
+            used = {name: quote(value, safe="") for name, value in used.items()}
+        return self.template.format(**used)
+
+
+@dataclass(frozen=True)
+class Build:
+    """How to build a service's image: ``context`` relative to the repository root,
+    ``dockerfile`` relative to the context."""
+
+    context: str
+    dockerfile: str = "Dockerfile"
+    args: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Healthcheck:
+    """Docker healthcheck; ``test`` is ``("CMD", ...)`` or ``("CMD-SHELL", "...")``."""
+
+    test: tuple[str, ...]
+    interval_s: int = 5
+    timeout_s: int = 5
+    retries: int = 12
+    start_period_s: int = 10
+
+
+@dataclass(frozen=True)
+class NetworkAttachment:
+    network: str
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class VolumeMount:
+    volume: str
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """A container port published on the host (``host_ip`` defaults to loopback only)."""
+
+    container_port: int
+    host_port: int
+    host_ip: str = "127.0.0.1"
+    protocol: Literal["tcp", "udp"] = "tcp"
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_mb: int | None = None
+    cpus: float | None = None
+
+
+@dataclass(frozen=True)
+class Service:
+    """One container. ``name`` is the container name and its key in every rendering."""
+
+    name: str
+    image: str
+    build: Build | None = None
+    command: tuple[str, ...] | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    secret_env: Mapping[str, SecretEnv] = field(default_factory=dict)
+    networks: tuple[NetworkAttachment, ...] = ()
+    volumes: tuple[VolumeMount, ...] = ()
+    ports: tuple[PortMapping, ...] = ()
+    healthcheck: Healthcheck | None = None
+    depends_on: Mapping[str, DependencyCondition] = field(default_factory=dict)
+    restart: RestartPolicy = "unless-stopped"
+    user: str | None = None
+    limits: Limits = field(default_factory=Limits)
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def resolved_env(self, secrets: Mapping[str, str]) -> dict[str, str]:
+        """Plain and secret env together, secrets substituted (for checks and tests)."""
+        env = dict(self.env)
+        env.update({key: value.resolve(secrets) for key, value in self.secret_env.items()})
+        return env
+
+
+@dataclass(frozen=True)
+class Network:
+    """A Docker network; ``external`` ones exist already and are only referenced by name."""
+
+    name: str
+    driver: str = "bridge"
+    external: bool = False
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Volume:
+    name: str
+    external: bool = False
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A whole deployment. ``referenced_services`` exist outside the stack (external mode):
+    the stack's services talk to them by name but nothing of theirs is declared."""
+
+    project: str
+    networks: tuple[Network, ...]
+    volumes: tuple[Volume, ...]
+    services: tuple[Service, ...]
+    secrets: tuple[Secret, ...] = ()
+    referenced_services: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def service(self, name: str) -> Service:
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise KeyError(name)
+
+    def ordered_services(self) -> tuple[Service, ...]:
+        """Services with every dependency before its dependants (declaration order otherwise)."""
+        ordered: list[Service] = []
+        placed: set[str] = set()
+        pending = list(self.services)
+        while pending:
+            ready = [s for s in pending if all(dep in placed for dep in s.depends_on)]
+            if not ready:
+                names = ", ".join(s.name for s in pending)
+                raise SpecError(f"dependency cycle among services: {names}")
+            for service in ready:
+                ordered.append(service)
+                placed.add(service.name)
+            pending = [s for s in pending if s.name not in placed]
+        return tuple(ordered)
+
+    def secret(self, name: str) -> Secret:
+        for secret in self.secrets:
+            if secret.name == name:
+                return secret
+        raise KeyError(name)
+
+    def validate(self) -> None:
+        _unique("network", [n.name for n in self.networks])
+        _unique("volume", [v.name for v in self.volumes])
+        _unique("service", [s.name for s in self.services])
+        _unique("secret", [s.name for s in self.secrets])
+        networks = {n.name for n in self.networks}
+        volumes = {v.name for v in self.volumes}
+        services = {s.name for s in self.services}
+        secrets = {s.name for s in self.secrets}
+        for service in self.services:
+            where = f"service {service.name!r}"
+            for attachment in service.networks:
+                _known(where, "network", attachment.network, networks)
+            for mount in service.volumes:
+                _known(where, "volume", mount.volume, volumes)
+            for dependency in service.depends_on:
+                _known(where, "dependency", dependency, services)
+            for key, value in service.secret_env.items():
+                if key in service.env:
+                    raise SpecError(f"{where}: {key} is both plain and secret env")
+                for name in value.secret_names():
+                    _known(where, "secret", name, secrets)
+            if service.healthcheck is None and any(
+                service.name in other.depends_on
+                and other.depends_on[service.name] == "service_healthy"
+                for other in self.services
+            ):
+                raise SpecError(f"{where} is waited on for health but has no healthcheck")
+        self.ordered_services()
+
+
+def _unique(kind: str, names: list[str]) -> None:
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise SpecError(f"duplicate {kind} name(s): {', '.join(duplicates)}")
+
+
+def _known(where: str, kind: str, name: str, known: set[str]) -> None:
+    if name not in known:
+        raise SpecError(f"{where} references undeclared {kind} {name!r}")
