@@ -1,0 +1,82 @@
+"""Async engine and session factory (SQLAlchemy 2 on psycopg 3)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from app_patch.settings import DatabaseSettings
+
+
+class DatabaseConfigError(ValueError):
+    """The database URL cannot be used (wrong scheme, unparsable)."""
+
+
+def normalize_url(raw: str) -> URL:
+    """Accept postgres://, postgresql:// and postgresql+psycopg:// and return the psycopg form."""
+    try:
+        url = make_url(raw)
+    except ArgumentError as exc:
+        raise DatabaseConfigError(f"malformed database URL: {exc}") from None
+    if url.drivername in {
+        "postgres",
+        "postgresql",
+        "postgresql+psycopg",
+        "postgresql+psycopg_async",
+    }:
+        return url.set(drivername="postgresql+psycopg")
+    raise DatabaseConfigError(
+        f"unsupported database URL scheme {url.drivername!r}: expected postgresql+psycopg://"
+    )
+
+
+def redacted(url: URL | str) -> str:
+    """The URL with its password hidden, safe for logs and error messages."""
+    if isinstance(url, str):
+        try:
+            url = make_url(url)
+        except ArgumentError:
+            return "<unparsable URL>"
+    return url.render_as_string(hide_password=True)
+
+
+def create_engine(settings: DatabaseSettings, url: str | URL) -> AsyncEngine:
+    """Pooled async engine; pool_size + max_overflow is the connection ceiling (50 by default)."""
+    resolved = normalize_url(url) if isinstance(url, str) else url
+    return create_async_engine(
+        resolved,
+        pool_size=settings.pool_size,
+        max_overflow=settings.max_overflow,
+        pool_timeout=settings.pool_timeout_s,
+        pool_recycle=settings.pool_recycle_s,
+        pool_pre_ping=settings.pool_pre_ping,
+        echo=settings.echo,
+        connect_args={
+            "connect_timeout": settings.connect_timeout_s,
+            "options": f"-c statement_timeout={settings.statement_timeout_ms}",
+            "application_name": "media-analysis-kit",
+        },
+    )
+
+
+def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@asynccontextmanager
+async def engine_scope(settings: DatabaseSettings, url: str | URL) -> AsyncIterator[AsyncEngine]:
+    """An engine that is always disposed, for scripts and tasks."""
+    engine = create_engine(settings, url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()

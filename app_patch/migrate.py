@@ -1,0 +1,105 @@
+"""Alembic driven from code: upgrade with from -> to reporting, and schema status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import Engine
+
+from app_patch.db import normalize_url
+from app_patch.models import ALL_TABLES
+from app_patch.settings import PROJECT_ROOT
+
+ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
+
+
+def alembic_config(url: str) -> Config:
+    config = Config(str(ALEMBIC_INI))
+    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    # ConfigParser interpolation: a literal % in a password must be doubled.
+    config.set_main_option("sqlalchemy.url", _sync_url(url).replace("%", "%%"))
+    return config
+
+
+def _sync_url(url: str) -> str:
+    return normalize_url(url).render_as_string(hide_password=False)
+
+
+def _engine(url: str) -> Engine:
+    return create_engine(_sync_url(url), pool_pre_ping=True, connect_args={"connect_timeout": 5})
+
+
+def current_revision(url: str) -> str | None:
+    engine = _engine(url)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+@dataclass(frozen=True)
+class UpgradeReport:
+    from_revision: str | None
+    to_revision: str | None
+
+    @property
+    def changed(self) -> bool:
+        return self.from_revision != self.to_revision
+
+
+def upgrade(url: str, revision: str = "head") -> UpgradeReport:
+    """Migrate to ``revision``; env.py serialises concurrent runs with an advisory lock."""
+    before = current_revision(url)
+    command.upgrade(alembic_config(url), revision)
+    return UpgradeReport(before, current_revision(url))
+
+
+def downgrade(url: str, revision: str) -> UpgradeReport:
+    before = current_revision(url)
+    command.downgrade(alembic_config(url), revision)
+    return UpgradeReport(before, current_revision(url))
+
+
+@dataclass
+class SchemaStatus:
+    current: str | None
+    head: str | None
+    pending: list[str] = field(default_factory=list)
+    row_counts: dict[str, int | None] = field(default_factory=dict)
+
+    @property
+    def at_head(self) -> bool:
+        return self.current == self.head
+
+
+def status(url: str) -> SchemaStatus:
+    script = ScriptDirectory.from_config(alembic_config(url))
+    head = script.get_current_head()
+    engine = _engine(url)
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+            pending = [
+                rev.revision
+                for rev in script.iterate_revisions(head, current)
+                if rev.revision != current
+            ]
+            existing = set(inspect(conn).get_table_names())
+            counts: dict[str, int | None] = {}
+            for table in ALL_TABLES:
+                counts[table.name] = (
+                    conn.execute(text(f'SELECT count(*) FROM "{table.name}"')).scalar_one()
+                    if table.name in existing
+                    else None
+                )
+    finally:
+        engine.dispose()
+    return SchemaStatus(
+        current=current, head=head, pending=list(reversed(pending)), row_counts=counts
+    )

@@ -1,0 +1,194 @@
+"""History writes and reads on PostgreSQL (no caching here; see cache.py)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from app_patch.models import AnalysisJob, AnalysisResult, JobStatus
+from app_patch.schemas import (
+    HistoryFilter,
+    HistoryPage,
+    JobOut,
+    ResultIn,
+    decode_cursor,
+    encode_cursor,
+)
+
+
+class JobNotFoundError(LookupError):
+    pass
+
+
+class InvalidTransitionError(ValueError):
+    """A status change that the job's current state does not allow."""
+
+
+@dataclass(frozen=True)
+class NewJob:
+    analysis_type: str
+    media_file_id: uuid.UUID | None = None
+    params: dict[str, Any] | None = None
+    client_ref: str | None = None
+    idempotency_key: str | None = None
+    job_id: uuid.UUID | None = None
+
+
+async def create_job(session: AsyncSession, new: NewJob) -> tuple[JobOut, bool]:
+    """Insert a queued job; with an idempotency key already used, return that job instead.
+
+    Returns ``(job, created)``. Safe under concurrency: the partial unique index decides.
+    """
+    values = {
+        "id": new.job_id or uuid.uuid4(),
+        "analysis_type": new.analysis_type,
+        "media_file_id": new.media_file_id,
+        "params": new.params or {},
+        "client_ref": new.client_ref,
+        "idempotency_key": new.idempotency_key,
+        "status": JobStatus.queued,
+    }
+    stmt = insert(AnalysisJob).values(**values)
+    if new.idempotency_key is not None:
+        stmt = stmt.on_conflict_do_nothing(
+            index_elements=["idempotency_key"],
+            index_where=AnalysisJob.idempotency_key.is_not(None),
+        )
+    inserted_id = (await session.execute(stmt.returning(AnalysisJob.id))).scalar_one_or_none()
+    if inserted_id is None:
+        existing = await session.scalar(
+            select(AnalysisJob.id).where(AnalysisJob.idempotency_key == new.idempotency_key)
+        )
+        assert existing is not None  # the conflicting row is committed, so it is visible
+        return await get_job_or_raise(session, existing), False
+    return await get_job_or_raise(session, inserted_id), True
+
+
+async def mark_running(session: AsyncSession, job_id: uuid.UUID) -> JobOut:
+    await _transition(
+        session,
+        job_id,
+        allowed_from=(JobStatus.queued, JobStatus.running),
+        status=JobStatus.running,
+        started_at=func.now(),
+        attempts=AnalysisJob.attempts + 1,
+    )
+    return await get_job_or_raise(session, job_id)
+
+
+async def mark_succeeded(session: AsyncSession, job_id: uuid.UUID, result: ResultIn) -> JobOut:
+    await _transition(
+        session,
+        job_id,
+        allowed_from=(JobStatus.queued, JobStatus.running),
+        status=JobStatus.succeeded,
+        finished_at=func.now(),
+        started_at=func.coalesce(AnalysisJob.started_at, func.now()),
+        error=None,
+    )
+    await session.execute(
+        insert(AnalysisResult)
+        .values(id=uuid.uuid4(), job_id=job_id, **result.model_dump())
+        .on_conflict_do_nothing(index_elements=["job_id"])
+    )
+    return await get_job_or_raise(session, job_id)
+
+
+async def mark_failed(session: AsyncSession, job_id: uuid.UUID, error: str) -> JobOut:
+    await _transition(
+        session,
+        job_id,
+        allowed_from=(JobStatus.queued, JobStatus.running),
+        status=JobStatus.failed,
+        finished_at=func.now(),
+        started_at=func.coalesce(AnalysisJob.started_at, func.now()),
+        error=error,
+    )
+    return await get_job_or_raise(session, job_id)
+
+
+async def _transition(
+    session: AsyncSession,
+    job_id: uuid.UUID,
+    *,
+    allowed_from: tuple[JobStatus, ...],
+    **values: Any,
+) -> None:
+    changed = await session.execute(
+        update(AnalysisJob)
+        .where(AnalysisJob.id == job_id, AnalysisJob.status.in_(allowed_from))
+        .values(**values)
+        .returning(AnalysisJob.id)
+    )
+    if changed.scalar_one_or_none() is not None:
+        return
+    current = await session.scalar(select(AnalysisJob.status).where(AnalysisJob.id == job_id))
+    if current is None:
+        raise JobNotFoundError(str(job_id))
+    raise InvalidTransitionError(
+        f"job {job_id} is {current.value}; cannot become {values['status']}"
+    )
+
+
+async def get_job(session: AsyncSession, job_id: uuid.UUID) -> JobOut | None:
+    """One job with its result, or None."""
+    job = await session.scalar(
+        select(AnalysisJob)
+        .options(selectinload(AnalysisJob.result))
+        .where(AnalysisJob.id == job_id)
+        .execution_options(populate_existing=True)
+    )
+    return JobOut.model_validate(job) if job is not None else None
+
+
+async def get_job_or_raise(session: AsyncSession, job_id: uuid.UUID) -> JobOut:
+    job = await get_job(session, job_id)
+    if job is None:
+        raise JobNotFoundError(str(job_id))
+    return job
+
+
+async def list_history(
+    session: AsyncSession,
+    *,
+    limit: int = 50,
+    cursor: str | None = None,
+    filters: HistoryFilter | None = None,
+) -> HistoryPage:
+    """Newest first, keyset-paginated on ``(created_at, id)``.
+
+    A cursor names the last row seen, so rows inserted while a client pages never shift
+    the pages it has not read yet: each row that existed when paging began shows up once.
+    """
+    filters = filters or HistoryFilter()
+    query = (
+        select(AnalysisJob)
+        .options(selectinload(AnalysisJob.result))
+        .order_by(AnalysisJob.created_at.desc(), AnalysisJob.id.desc())
+        .limit(limit + 1)
+    )
+    if cursor is not None:
+        after_created, after_id = decode_cursor(cursor)
+        query = query.where(
+            tuple_(AnalysisJob.created_at, AnalysisJob.id) < tuple_(after_created, after_id)
+        )
+    if filters.status is not None:
+        query = query.where(AnalysisJob.status == filters.status)
+    if filters.analysis_type is not None:
+        query = query.where(AnalysisJob.analysis_type == filters.analysis_type)
+    if filters.created_from is not None:
+        query = query.where(AnalysisJob.created_at >= filters.created_from)
+    if filters.created_to is not None:
+        query = query.where(AnalysisJob.created_at < filters.created_to)
+
+    rows = list((await session.scalars(query)).all())
+    has_more = len(rows) > limit
+    items = [JobOut.model_validate(row) for row in rows[:limit]]
+    next_cursor = encode_cursor(items[-1].created_at, items[-1].id) if has_more else None
+    return HistoryPage(items=items, next_cursor=next_cursor)

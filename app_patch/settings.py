@@ -1,0 +1,150 @@
+"""Every knob of the persistence kit, read from the environment (pydantic-settings).
+
+Each group has its own env prefix, so a setting's env var is ``<PREFIX><FIELD>`` upper-cased,
+e.g. ``MA_DB_POOL_SIZE``. The two URLs also accept the conventional ``DATABASE_URL`` and
+``REDIS_URL`` names that container platforms set.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_DIR = PROJECT_ROOT / ".data"
+
+
+class DatabaseSettings(BaseSettings):
+    """PostgreSQL connection and pool. No URL means: start the embedded server."""
+
+    model_config = SettingsConfigDict(env_prefix="MA_DB_", extra="ignore")
+
+    url: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MA_DB_URL", "DATABASE_URL"),
+        description="postgresql+psycopg:// URL; unset starts the embedded PostgreSQL",
+    )
+    pool_size: int = Field(default=20, ge=1, description="connections kept open")
+    max_overflow: int = Field(default=30, ge=0, description="extra connections under load")
+    pool_timeout_s: float = Field(default=30.0, gt=0, description="wait for a free connection")
+    pool_recycle_s: int = Field(default=1800, ge=-1, description="reconnect after this age")
+    pool_pre_ping: bool = Field(default=True, description="test a connection before use")
+    connect_timeout_s: int = Field(default=5, ge=1, description="TCP/libpq connect timeout")
+    statement_timeout_ms: int = Field(default=15000, ge=0, description="server-side cap per query")
+    echo: bool = Field(default=False, description="log every SQL statement")
+
+    @model_validator(mode="after")
+    def _cap_total_connections(self) -> DatabaseSettings:
+        if self.pool_size + self.max_overflow > 500:
+            raise ValueError("MA_DB_POOL_SIZE + MA_DB_MAX_OVERFLOW must stay <= 500")
+        return self
+
+    @property
+    def max_connections(self) -> int:
+        return self.pool_size + self.max_overflow
+
+
+class RedisSettings(BaseSettings):
+    """Redis connection. No URL means: the cache is disabled (the app still works)."""
+
+    model_config = SettingsConfigDict(env_prefix="MA_REDIS_", extra="ignore")
+
+    url: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MA_REDIS_URL", "REDIS_URL"),
+        description="redis:// or rediss:// URL; unset disables the cache",
+    )
+    password: SecretStr | None = Field(default=None, description="overrides the URL's password")
+    tls: bool = Field(default=False, description="use TLS (rediss) even for a redis:// URL")
+    socket_timeout_s: float = Field(default=0.25, gt=0, description="per-command timeout")
+    connect_timeout_s: float = Field(default=0.25, gt=0, description="connect timeout")
+    max_connections: int = Field(default=100, ge=1, description="client pool size")
+
+
+class CacheSettings(BaseSettings):
+    """TTL policy per cached kind, in seconds, with +/- jitter as a fraction."""
+
+    model_config = SettingsConfigDict(env_prefix="MA_CACHE_", extra="ignore")
+
+    enabled: bool = Field(default=True, description="set false to bypass Redis entirely")
+    ttl_job_running_s: float = Field(default=5, gt=0, description="a queued/running job")
+    ttl_job_finished_s: float = Field(default=3600, gt=0, description="a finished job")
+    ttl_result_s: float = Field(default=86400, gt=0, description="an analysis result")
+    ttl_history_page_s: float = Field(default=30, gt=0, description="one history page")
+    ttl_media_s: float = Field(default=3600, gt=0, description="media metadata by sha256")
+    jitter: float = Field(default=0.1, ge=0, lt=1, description="TTL jitter fraction")
+    breaker_failure_threshold: int = Field(default=3, ge=1, description="errors that open it")
+    breaker_recovery_s: float = Field(default=5, gt=0, description="open -> half-open delay")
+
+
+class StorageSettings(BaseSettings):
+    """File store root. Containers use /opt/services/media-analysis/storage."""
+
+    model_config = SettingsConfigDict(env_prefix="MA_STORAGE_", extra="ignore")
+
+    root: Path = Field(default=DEFAULT_DATA_DIR / "storage", description="storage root")
+    max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1, description="413 above this")
+    chunk_bytes: int = Field(default=1024 * 1024, ge=4096, description="streaming chunk size")
+
+
+class RetentionSettings(BaseSettings):
+    """Retention policies applied by the sweeper."""
+
+    model_config = SettingsConfigDict(env_prefix="MA_RETENTION_", extra="ignore")
+
+    uploads_days: float = Field(default=30, gt=0, description="uploads, after last access")
+    artifacts_days: float = Field(default=14, gt=0, description="artifacts, after creation")
+    tmp_days: float = Field(default=1, gt=0, description="leftovers in tmp/")
+    orphan_grace_s: float = Field(default=3600, ge=0, description="age before an orphan goes")
+    quota_bytes: int | None = Field(default=None, ge=0, description="optional total byte cap")
+    batch_size: int = Field(default=500, ge=1, description="rows per sweep batch")
+
+
+class ResilienceSettings(BaseSettings):
+    """PostgreSQL breaker and outbox replayer."""
+
+    model_config = SettingsConfigDict(env_prefix="MA_RESILIENCE_", extra="ignore")
+
+    db_failure_threshold: int = Field(default=3, ge=1, description="errors that open it")
+    db_recovery_s: float = Field(default=2, gt=0, description="open -> half-open delay")
+    replay_interval_s: float = Field(default=1, gt=0, description="outbox drain period")
+
+
+class ApiSettings(BaseSettings):
+    """HTTP service knobs."""
+
+    model_config = SettingsConfigDict(env_prefix="MA_API_", extra="ignore")
+
+    host: str = Field(default="127.0.0.1", description="bind address of invoke serve")
+    port: int = Field(default=8000, ge=1, le=65535, description="bind port")
+    log_json: bool = Field(default=False, description="JSON logs (containers) vs console")
+    log_level: str = Field(default="INFO", description="root log level")
+    history_page_max: int = Field(default=200, ge=1, description="largest accepted limit")
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.upper()
+
+
+class Settings(BaseSettings):
+    """All groups together; build one with ``get_settings()``."""
+
+    model_config = SettingsConfigDict(env_prefix="MA_", extra="ignore")
+
+    data_dir: Path = Field(default=DEFAULT_DATA_DIR, description="embedded servers' data")
+    db: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    resilience: ResilienceSettings = Field(default_factory=ResilienceSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
