@@ -5,6 +5,9 @@ Run ``invoke --list`` for the list; every task exits non-zero with one clear lin
 
 from __future__ import annotations
 
+import shlex
+import sys
+
 from invoke import Context, task
 from rich.console import Console
 from rich.table import Table
@@ -16,6 +19,7 @@ from app_patch.errors import one_line_errors
 from app_patch.settings import get_settings
 
 console = Console(soft_wrap=True)
+PY = shlex.quote(sys.executable)
 
 
 @task(help={"revision": "target revision (default: head)"})
@@ -48,7 +52,7 @@ def db_status(c: Context) -> None:
 def test(c: Context, k: str = "", quick: bool = False) -> None:
     """Lint, type-check and run the whole test suite (real PostgreSQL, Redis, Docker)."""
     if not quick:
-        c.run("ruff check .", pty=False)
-        c.run("mypy", pty=False)
+        c.run(f"{PY} -m ruff check .")
+        c.run(f"{PY} -m mypy")
     selector = f" -k {k!r}" if k else ""
-    c.run(f"pytest{selector}", pty=False)
+    c.run(f"{PY} -m pytest{selector}")
