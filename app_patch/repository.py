@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import func, select, tuple_, update
@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from app_patch.models import AnalysisJob, AnalysisResult, JobStatus
+from app_patch.models import AnalysisJob, AnalysisResult, JobStatus, MediaFile
 from app_patch.schemas import (
     HistoryFilter,
     HistoryPage,
@@ -192,3 +192,62 @@ async def list_history(
     items = [JobOut.model_validate(row) for row in rows[:limit]]
     next_cursor = encode_cursor(items[-1].created_at, items[-1].id) if has_more else None
     return HistoryPage(items=items, next_cursor=next_cursor)
+
+
+@dataclass(frozen=True)
+class MediaSnapshot:
+    sha256: str
+    size_bytes: int
+    content_type: str
+    storage_key: str
+    original_name: str | None = None
+
+
+async def upsert_media(session: AsyncSession, media: MediaSnapshot) -> uuid.UUID:
+    """The live ``media_files`` row for this content, created or revived (touching access)."""
+    stmt = insert(MediaFile).values(id=uuid.uuid4(), **asdict(media))
+    upsert = stmt.on_conflict_do_update(
+        index_elements=["sha256"],
+        set_={
+            "last_accessed_at": func.now(),
+            "deleted_at": None,
+            "storage_key": stmt.excluded.storage_key,
+        },
+    ).returning(MediaFile.id)
+    media_id: uuid.UUID = (await session.execute(upsert)).scalar_one()
+    return media_id
+
+
+async def upsert_job_snapshot(
+    session: AsyncSession, job: JobOut, media: MediaSnapshot | None
+) -> bool:
+    """Write a job (and its result) exactly as the snapshot says; replaying twice is a no-op.
+
+    Used by the outbox replayer. Returns False when an idempotency key was already taken by
+    another job (the snapshot is then stored without its key, so nothing is lost).
+    """
+    key_kept = True
+    idempotency_key = job.idempotency_key
+    if idempotency_key is not None:
+        holder = await session.scalar(
+            select(AnalysisJob.id).where(AnalysisJob.idempotency_key == idempotency_key)
+        )
+        if holder is not None and holder != job.id:
+            idempotency_key, key_kept = None, False
+    media_id = await upsert_media(session, media) if media is not None else job.media_file_id
+    values = job.model_dump(exclude={"result", "media_file_id", "idempotency_key"})
+    values.update(media_file_id=media_id, idempotency_key=idempotency_key)
+    stmt = insert(AnalysisJob).values(**values)
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["id"],
+            set_={col: stmt.excluded[col] for col in values if col not in {"id", "created_at"}},
+        )
+    )
+    if job.result is not None:
+        await session.execute(
+            insert(AnalysisResult)
+            .values(id=uuid.uuid4(), job_id=job.id, **job.result.model_dump())
+            .on_conflict_do_nothing(index_elements=["job_id"])
+        )
+    return key_kept
