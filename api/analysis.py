@@ -6,6 +6,7 @@ requested type (an "image" analysis of an MP3) fails the job with a readable err
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,10 +114,8 @@ def analyse_auto(facts: FileFacts) -> dict[str, Any]:
     if family == "image":
         result["image"] = _image_details(facts.path)
     elif family in {"audio", "video"}:
-        try:
+        with contextlib.suppress(AnalysisError):
             result["audio"] = _audio_details(facts.path)
-        except AnalysisError:
-            pass
     return result
 
 
