@@ -20,7 +20,7 @@ DEFAULT_DATA_DIR = PROJECT_ROOT / ".data"
 class DatabaseSettings(BaseSettings):
     """PostgreSQL connection and pool. No URL means: start the embedded server."""
 
-    model_config = SettingsConfigDict(env_prefix="MA_DB_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="MA_DB_", extra="ignore", populate_by_name=True)
 
     url: SecretStr | None = Field(
         default=None,
@@ -50,7 +50,7 @@ class DatabaseSettings(BaseSettings):
 class RedisSettings(BaseSettings):
     """Redis connection. No URL means: the cache is disabled (the app still works)."""
 
-    model_config = SettingsConfigDict(env_prefix="MA_REDIS_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="MA_REDIS_", extra="ignore", populate_by_name=True)
 
     url: SecretStr | None = Field(
         default=None,
