@@ -19,7 +19,10 @@ from typing import Literal, get_args
 
 Mode = Literal["managed", "external"]
 ENV_PREFIX = "MA_INFRA_"
-SECRET_NAMES = ("postgres_password", "redis_password")
+SECRET_NAMES = {
+    "postgres_password": "the password of the PostgreSQL user",
+    "redis_password": "the password Redis requires",
+}
 
 _DOCKER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _IDENTIFIER = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -115,11 +118,11 @@ def secrets_from_source(
 ) -> dict[str, str]:
     """Both passwords; a missing or blank one is a :class:`ConfigError` naming it."""
     secrets: dict[str, str] = {}
-    for name in SECRET_NAMES:
+    for name, meaning in SECRET_NAMES.items():
         key = key_of(name)
         value = get(key)
         if value is None or not value.strip():
-            raise ConfigError(key, "is required (the password of the shared server)")
+            raise ConfigError(key, f"is required ({meaning}) and is not set")
         secrets[name] = value
     return secrets
 
