@@ -1,8 +1,10 @@
 """Bring the stack up or down with the best engine this machine has.
 
 1. ``pulumi``: the Pulumi CLI is installed and a stack is selected -> ``pulumi up``.
-2. ``compose``: a Docker engine answers (``dockerd`` is started when installed but idle) and a
-   compose CLI exists -> images built locally, the rendered compose file started.
+2. ``compose``: a Docker engine answers (``dockerd`` is started when installed but idle) ->
+   images built locally, the rendered compose file started by the compose CLI, or the same
+   spec applied through the Docker API when no compose CLI is installed
+   (``MA_INFRA_COMPOSE_RUNNER=cli|docker-py`` forces one).
 3. ``embedded``: neither -> the embedded PostgreSQL (pgserver) and a local ``redis-server``
    (no containers, no API process: the caller serves the API itself).
 
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from infra import compose_engine, docker_host, images
+from infra import compose_engine, docker_driver, docker_host, images
 from infra.config import (
     ConfigError,
     StackConfig,
@@ -87,14 +89,24 @@ def pulumi_stack_selected() -> bool:
 
 
 def docker_usable() -> bool:
-    """A Docker engine answers (after starting an installed ``dockerd``) and compose exists."""
-    if compose_engine.compose_command() is None:
-        return False
+    """A Docker engine answers (after starting an installed ``dockerd``)."""
     try:
         docker_host.ensure_dockerd()
     except docker_host.DockerUnavailable:
         return False
     return True
+
+
+def compose_runner() -> str:
+    """``cli`` (docker compose / docker-compose) when installed, else ``docker-py``."""
+    forced = os.environ.get("MA_INFRA_COMPOSE_RUNNER", "").strip()
+    if forced:
+        if forced not in {"cli", "docker-py"}:
+            raise ConfigError(
+                "MA_INFRA_COMPOSE_RUNNER", f"must be cli or docker-py, not {forced!r}"
+            )
+        return forced
+    return "cli" if compose_engine.compose_command() is not None else "docker-py"
 
 
 def choose_engine(prefer: Engine | str | None = None) -> Engine:
@@ -144,19 +156,28 @@ def up(
 
 
 def down(
-    *, remove_volumes: bool = False, engine: Engine | str | None = None, log: Log = _quiet
+    *,
+    remove_volumes: bool = False,
+    engine: Engine | str | None = None,
+    config: StackConfig | None = None,
+    log: Log = _quiet,
 ) -> Engine:
-    """Stop what ``up`` started (recorded engine, else the one :func:`choose_engine` picks).
-    Volumes (data) are kept unless ``remove_volumes``."""
+    """Stop what ``up`` started (recorded engine and config, else the one
+    :func:`choose_engine` picks and the environment). Volumes (data) are kept unless
+    ``remove_volumes``."""
     state = _load_state()
     kind = Engine(engine) if engine else Engine(state.get("engine") or choose_engine())
-    config = recorded_config() or config_from_env(os.environ)
+    config = config or recorded_config() or config_from_env(os.environ)
     log(f"engine: {kind}")
     if kind is Engine.PULUMI:
         _pulumi(["destroy", "--yes", "--skip-preview"], log)
     elif kind is Engine.COMPOSE:
         docker_host.ensure_dockerd()
-        compose_engine.down(build_stack(config), remove_volumes=remove_volumes, log=log)
+        spec = build_stack(config)
+        if compose_runner() == "cli":
+            compose_engine.down(spec, remove_volumes=remove_volumes, log=log)
+        else:
+            docker_driver.down(spec, remove_volumes=remove_volumes, log=log)
     else:
         _embedded_down()
     STATE_FILE.unlink(missing_ok=True)
@@ -207,7 +228,11 @@ def _compose_up(
     if build:
         images.seed_base_image(config.base_image, log=log)
         images.build_all(spec, log=log)
-    compose_engine.up(spec, secrets, log=log)
+    if compose_runner() == "cli":
+        compose_engine.up(spec, secrets, log=log)
+    else:
+        log("no compose CLI: applying the spec through the Docker API")
+        docker_driver.up(spec, secrets, timeout_s=timeout_s, log=log)
     servers = [config.postgres_host, config.redis_host]
     docker_host.wait_healthy(servers, timeout_s=timeout_s)
     if migrate:

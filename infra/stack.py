@@ -27,6 +27,9 @@ from infra.spec import (
 )
 
 PROJECT = "media-analysis"
+# In external mode the API runs as its own compose project, so compose never treats the shared
+# servers (even ones an earlier managed deployment labelled) as its own or as orphans.
+EXTERNAL_PROJECT = "media-analysis-app"
 STORAGE_ROOT = "/opt/services/media-analysis/storage"
 API_PORT = 8000
 API_USER = "10001:10001"
@@ -60,7 +63,7 @@ def build_stack(config: StackConfig) -> Stack:
         volumes = [Volume(PG_VOLUME, labels=LABELS), Volume(REDIS_VOLUME, labels=LABELS), *volumes]
         services = [postgres_service(config), redis_service(config), *services]
     return Stack(
-        project=PROJECT,
+        project=PROJECT if managed else EXTERNAL_PROJECT,
         networks=(network,),
         volumes=tuple(volumes),
         services=tuple(services),

@@ -195,3 +195,38 @@ def test_down_leaves_no_containers(stack: Deployed) -> None:
         timeout=60,
     ).stdout.split()
     assert {"pg-data", "redis-data", "media-storage"} <= set(volumes)
+
+
+def test_external_mode_leaves_the_shared_servers_alone(
+    stack: Deployed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shared servers from a managed deployment (applied through the Docker API runner this
+    time), then the API alone in external mode with the compose CLI: their containers are
+    not recreated on up nor removed on down."""
+    pg, redis, api = stack.config.postgres_host, stack.config.redis_host, stack.config.api_name
+    managed = StackConfig(api_host_port=stack.config.api_host_port)
+    monkeypatch.setenv("MA_INFRA_COMPOSE_RUNNER", "docker-py")
+    engine.up(managed, stack.passwords, engine="compose", build=False, migrate=False)
+    assert all(r.ok for r in run_checks(managed)), report(run_checks(managed))
+    shared_before = {name: docker_host.inspect(name)["Id"] for name in (pg, redis)}
+    subprocess.run(["docker", "rm", "-f", api], check=True, capture_output=True, timeout=60)
+
+    external = StackConfig(mode="external", api_host_port=stack.config.api_host_port)
+    monkeypatch.setenv("MA_INFRA_COMPOSE_RUNNER", "cli")
+    endpoints = engine.up(external, stack.passwords, engine="compose", build=False)
+    results = run_checks(external)
+    assert all(r.ok for r in results), report(results)
+    assert {name: docker_host.inspect(name)["Id"] for name in (pg, redis)} == shared_before
+    assert endpoints.api_url is not None
+    assert httpx.get(f"{endpoints.api_url}/health/ready", timeout=10).status_code == 200
+
+    engine.down(engine="compose")  # recorded config: external
+    assert docker_host.container_state(api).status == "missing"
+    for name in (pg, redis):
+        assert docker_host.container_state(name).healthy, name
+    assert docker_host.network_exists(stack.config.network_name)
+
+    monkeypatch.setenv("MA_INFRA_COMPOSE_RUNNER", "docker-py")
+    engine.down(remove_volumes=True, engine="compose", config=managed)
+    for name in (pg, redis, api):
+        assert docker_host.container_state(name).status == "missing"

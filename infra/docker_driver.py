@@ -1,0 +1,158 @@
+"""Apply a :class:`~infra.spec.Stack` straight through the Docker API (docker-py).
+
+The fallback runner when no compose CLI is installed: same names, labels, networks and
+aliases, volumes, healthchecks, limits and ports as the rendered compose file, and the same
+``depends_on`` semantics (wait for health before starting a dependant).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from contextlib import closing
+from typing import Any
+
+import docker
+from docker.errors import NotFound
+from docker.types import EndpointConfig
+
+from infra.docker_host import client, container_state, wait_healthy
+from infra.spec import Service, Stack
+
+PROJECT_LABEL = "com.docker.compose.project"
+_NS = 1_000_000_000
+
+
+def up(
+    spec: Stack,
+    secrets: Mapping[str, str],
+    timeout_s: float = 300,
+    log: Callable[[str], None] = lambda line: None,
+) -> None:
+    """Create what is missing and (re)create every service container, in dependency order."""
+    with closing(client(timeout_s=120)) as engine:
+        for network in spec.networks:
+            if engine.networks.list(names=[network.name]):
+                continue
+            if network.external:
+                raise LookupError(f"external network {network.name} does not exist")
+            log(f"creating network {network.name}")
+            labels = _labels(spec, network.labels) | {"com.docker.compose.network": network.name}
+            engine.networks.create(network.name, driver=network.driver, labels=labels)
+        for volume in spec.volumes:
+            try:
+                engine.volumes.get(volume.name)
+            except NotFound:
+                if volume.external:
+                    raise LookupError(f"external volume {volume.name} does not exist") from None
+                log(f"creating volume {volume.name}")
+                labels = _labels(spec, volume.labels) | {"com.docker.compose.volume": volume.name}
+                engine.volumes.create(volume.name, labels=labels)
+        for service in spec.ordered_services():
+            _wait_dependencies(service, timeout_s)
+            _replace(engine, spec, service, secrets, log)
+
+
+def down(
+    spec: Stack, remove_volumes: bool = False, log: Callable[[str], None] = lambda line: None
+) -> None:
+    """Remove the service containers (dependants first), then optionally the stack's own
+    volumes, then its own network when nothing else is attached to it."""
+    with closing(client(timeout_s=120)) as engine:
+        for service in reversed(spec.ordered_services()):
+            try:
+                container = engine.containers.get(service.name)
+            except NotFound:
+                continue
+            log(f"removing {service.name}")
+            container.stop(timeout=20)
+            container.remove()
+        if remove_volumes:
+            for volume in spec.volumes:
+                if not volume.external:
+                    _remove_volume(engine, volume.name)
+        for network in spec.networks:
+            if network.external:
+                continue
+            for found in engine.networks.list(names=[network.name]):
+                found.reload()
+                if not found.containers:
+                    found.remove()
+
+
+def _replace(
+    engine: docker.DockerClient,
+    spec: Stack,
+    service: Service,
+    secrets: Mapping[str, str],
+    log: Callable[[str], None],
+) -> None:
+    try:
+        old = engine.containers.get(service.name)
+    except NotFound:
+        old = None
+    if old is not None:
+        old.stop(timeout=20)
+        old.remove()
+    log(f"creating {service.name}")
+    first, *others = service.networks
+    container = engine.containers.create(
+        service.image,
+        command=list(service.command) if service.command is not None else None,
+        name=service.name,
+        environment=service.resolved_env(secrets),
+        user=service.user or "",
+        labels=_labels(spec, service.labels) | {"com.docker.compose.service": service.name},
+        healthcheck=_healthcheck(service),
+        restart_policy={"Name": service.restart} if service.restart != "no" else None,
+        mem_limit=f"{service.limits.memory_mb}m" if service.limits.memory_mb else None,
+        nano_cpus=int(service.limits.cpus * _NS) if service.limits.cpus else None,
+        ports={f"{p.container_port}/{p.protocol}": (p.host_ip, p.host_port) for p in service.ports},
+        volumes={
+            m.volume: {"bind": m.target, "mode": "ro" if m.read_only else "rw"}
+            for m in service.volumes
+        },
+        network=first.network,
+        networking_config={
+            first.network: EndpointConfig(engine.api.api_version, aliases=list(first.aliases))
+        },
+    )
+    for attachment in others:
+        engine.networks.get(attachment.network).connect(container, aliases=list(attachment.aliases))
+    container.start()
+
+
+def _wait_dependencies(service: Service, timeout_s: float) -> None:
+    healthy = [name for name, cond in service.depends_on.items() if cond == "service_healthy"]
+    if healthy:
+        wait_healthy(healthy, timeout_s=timeout_s)
+    deadline = time.monotonic() + timeout_s
+    for name, condition in service.depends_on.items():
+        while condition == "service_started" and container_state(name).status != "running":
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} did not start")
+            time.sleep(0.5)
+
+
+def _healthcheck(service: Service) -> dict[str, Any] | None:
+    check = service.healthcheck
+    if check is None:
+        return None
+    return {
+        "test": list(check.test),
+        "interval": check.interval_s * _NS,
+        "timeout": check.timeout_s * _NS,
+        "retries": check.retries,
+        "start_period": check.start_period_s * _NS,
+    }
+
+
+def _labels(spec: Stack, labels: Mapping[str, str]) -> dict[str, str]:
+    return {**labels, PROJECT_LABEL: spec.project}
+
+
+def _remove_volume(engine: docker.DockerClient, name: str) -> None:
+    try:
+        engine.volumes.get(name).remove()
+    except NotFound:
+        return
