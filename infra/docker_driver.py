@@ -104,7 +104,7 @@ def _replace(
         user=service.user or "",
         labels=_labels(spec, service.labels) | {"com.docker.compose.service": service.name},
         healthcheck=_healthcheck(service),
-        restart_policy={"Name": service.restart} if service.restart != "no" else None,
+        restart_policy=_restart_policy(service),
         mem_limit=f"{service.limits.memory_mb}m" if service.limits.memory_mb else None,
         nano_cpus=int(service.limits.cpus * _NS) if service.limits.cpus else None,
         ports={f"{p.container_port}/{p.protocol}": (p.host_ip, p.host_port) for p in service.ports},
@@ -132,6 +132,10 @@ def _wait_dependencies(service: Service, timeout_s: float) -> None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name} did not start")
             time.sleep(0.5)
+
+
+def _restart_policy(service: Service) -> Any:
+    return {"Name": service.restart} if service.restart != "no" else None
 
 
 def _healthcheck(service: Service) -> dict[str, Any] | None:

@@ -135,5 +135,6 @@ def exec_run(name: str, command: list[str], user: str = "") -> tuple[int, str]:
     with closing(client(timeout_s=600)) as engine:
         container = engine.containers.get(name)
         result = container.exec_run(command, user=user, demux=False)
-    output = result.output.decode("utf-8", "replace") if result.output else ""
-    return int(result.exit_code), output
+    raw = result.output
+    output = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else ""
+    return (-1 if result.exit_code is None else int(result.exit_code)), output

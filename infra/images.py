@@ -125,7 +125,7 @@ def build_image(
         except (APIError, DockerException) as exc:
             raise ImageBuildError(f"building {tag} failed: {exc}") from None
         for chunk in stream:
-            text = str(chunk.get("stream", "")).rstrip()
+            text = str(chunk.get("stream", "")).rstrip() if isinstance(chunk, dict) else ""
             if text:
                 lines.append(text)
     seconds = time.monotonic() - started

@@ -105,9 +105,10 @@ def _envs(service: Service, secrets: Mapping[str, pulumi.Output[str]]) -> pulumi
             f"{key}={value.resolve(resolved)}" for key, value in service.secret_env.items()
         ]
 
-    return pulumi.Output.secret(pulumi.Output.all(*(secrets[name] for name in names))).apply(
+    resolved: pulumi.Output[list[str]] = pulumi.Output.all(*(secrets[n] for n in names)).apply(
         resolve
     )
+    return pulumi.Output.secret(resolved)
 
 
 def _container(service: Service, rendered: Rendered) -> docker.Container:

@@ -42,11 +42,14 @@ class RecordingMocks(pulumi.runtime.Mocks):
             outputs["imageId"] = f"sha256:{args.name}"
         return f"{args.name}-id", outputs
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
+    def call(
+        self, args: pulumi.runtime.MockCallArgs
+    ) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
         self.calls.append(args)
         if args.token == GET_NETWORK:
-            return {"id": "existing-network-id", "name": args.args["name"], "driver": "bridge"}
-        return {}
+            network = {"id": "existing-network-id", "name": args.args["name"], "driver": "bridge"}
+            return network, []
+        return {}, []
 
 
 class RecordingMonitor(MockMonitor):

@@ -132,4 +132,4 @@ def test_pulumi_and_compose_renderings_agree(settings: dict[str, str]) -> None:
 
 
 def test_default_config_is_what_the_pulumi_program_uses() -> None:
-    assert config_from_source({}.get, pulumi_key) == StackConfig()
+    assert config_from_source(lambda key: None, pulumi_key) == StackConfig()
