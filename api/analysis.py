@@ -74,14 +74,15 @@ def _image_details(path: Path) -> dict[str, Any]:
                 "frames": getattr(img, "n_frames", 1),
             }
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
-        raise AnalysisError(f"not a readable image: {exc}") from None
+        # Pillow's message names the file's path on the server: keep it out of the job
+        raise AnalysisError(f"not a readable image ({type(exc).__name__})") from None
 
 
 def _audio_details(path: Path) -> dict[str, Any]:
     try:
         audio = mutagen.File(str(path))
     except mutagen.MutagenError as exc:
-        raise AnalysisError(f"not a readable audio file: {exc}") from None
+        raise AnalysisError(f"not a readable audio file ({type(exc).__name__})") from None
     if audio is None or getattr(audio, "info", None) is None:
         raise AnalysisError("not a readable audio file: unknown container")
     info = audio.info

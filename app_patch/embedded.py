@@ -137,6 +137,7 @@ class EmbeddedRedis:
             raise EmbeddedServerError(
                 "redis-server is not installed (apt-get install redis-server)"
             )
+        self.data_dir = self.data_dir.resolve()  # redis-server chdirs when it daemonizes
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.pid() is None:
             args = [

@@ -14,7 +14,13 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-BREAKER_STATE_VALUE = {"closed": 0.0, "half-open": 1.0, "open": 2.0}
+BREAKER_STATE_VALUE = {
+    "closed": 0.0,
+    "half-open": 1.0,
+    "half-opened": 1.0,  # purgatory spelling
+    "open": 2.0,
+    "opened": 2.0,
+}
 
 
 @dataclass

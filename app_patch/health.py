@@ -1,0 +1,105 @@
+"""Liveness, readiness (per dependency) and the Prometheus scrape endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel
+from sqlalchemy import text
+
+from app_patch.runtime import Runtime
+from app_patch.storage import StorageError
+
+router = APIRouter(tags=["health"])
+DependencyState = Literal["ok", "degraded", "down"]
+PROBE_TIMEOUT_S = 2.0
+
+
+class Live(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class AreaFigures(BaseModel):
+    files: int
+    bytes: int
+
+
+class Ready(BaseModel):
+    status: DependencyState
+    checks: dict[str, DependencyState]
+    outbox_backlog: int
+    storage_usage: dict[str, AreaFigures]
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.ma_runtime
+    return runtime
+
+
+async def postgres_state(rt: Runtime) -> DependencyState:
+    if rt.db_breaker.state == "open":
+        return "down"
+
+    async def probe() -> None:
+        async with rt.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    try:
+        await asyncio.wait_for(rt.db(probe), PROBE_TIMEOUT_S)
+    except Exception:
+        return "down"
+    return "ok" if rt.db_breaker.state == "closed" else "degraded"
+
+
+async def storage_state(rt: Runtime) -> DependencyState:
+    try:
+        await asyncio.wait_for(rt.storage.check_writable(), PROBE_TIMEOUT_S)
+    except (StorageError, TimeoutError):
+        return "down"
+    return "ok"
+
+
+@router.get("/health/live", response_model=Live, summary="The process is up")
+async def live() -> Live:
+    return Live()
+
+
+@router.get(
+    "/health/ready",
+    response_model=Ready,
+    responses={503: {"model": Ready, "description": "cannot serve analyses"}},
+    summary="Each dependency's state; 200 while analyses can still be served",
+)
+async def ready(request: Request, response: Response) -> Ready:
+    rt = _runtime(request)
+    pg, store = await asyncio.gather(postgres_state(rt), storage_state(rt))
+    checks: dict[str, DependencyState] = {"postgres": pg, "redis": rt.cache.state, "storage": store}
+    if store == "down":
+        overall: DependencyState = "down"  # uploads cannot be stored: nothing to serve
+    elif all(state == "ok" for state in checks.values()):
+        overall = "ok"
+    else:
+        overall = "degraded"  # PG down -> outbox; Redis down -> no cache: still serving
+    response.status_code = 503 if overall == "down" else 200
+    usage = await rt.storage.usage_async(max_age_s=5)
+    return Ready(
+        status=overall,
+        checks=checks,
+        outbox_backlog=await asyncio.to_thread(rt.outbox.backlog),
+        storage_usage={a: AreaFigures(files=n, bytes=b) for a, (n, b) in usage.items()},
+    )
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}},
+    summary="Prometheus metrics",
+)
+async def metrics(request: Request) -> Response:
+    rt = _runtime(request)
+    await rt.refresh_retention_totals()
+    body = await asyncio.to_thread(rt.metrics.render)
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

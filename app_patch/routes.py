@@ -1,0 +1,304 @@
+"""HTTP routes the patch adds: analyses (write + history) and stored media."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import (
+    APIRouter,
+    File,
+    Form,
+    Header,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Response,
+    UploadFile,
+)
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from app_patch.cache import Kind, job_placement
+from app_patch.models import JobStatus
+from app_patch.repository import MediaSnapshot, NewJob, upsert_media
+from app_patch.resilience import DependencyUnavailableError, OutboxEntry
+from app_patch.runtime import Runtime
+from app_patch.schemas import HistoryFilter, HistoryPage, JobOut, MediaOut, ResultIn, ResultOut
+from app_patch.storage import StagedFile, upload_key
+
+router = APIRouter()
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+RETRY_AFTER_S = "5"
+
+
+class ErrorBody(BaseModel):
+    detail: str | list[dict[str, object]]
+
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorBody} for code in (400, 404, 413, 422, 503, 507)
+}
+
+
+def runtime_of(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.ma_runtime
+    return runtime
+
+
+def unavailable(what: str) -> HTTPException:
+    return HTTPException(
+        status_code=503,
+        detail=f"{what} is temporarily unavailable (PostgreSQL down); retry later",
+        headers={"Retry-After": RETRY_AFTER_S},
+    )
+
+
+async def _chunks(upload: UploadFile, size: int) -> AsyncIterator[bytes]:
+    while chunk := await upload.read(size):
+        yield chunk
+
+
+@router.post(
+    "/analyses",
+    status_code=201,
+    response_model=JobOut,
+    responses={
+        200: {"model": JobOut, "description": "Idempotency-Key seen before: the existing job"},
+        202: {"model": JobOut, "description": "PostgreSQL down: kept in the durable outbox"},
+        **ERRORS,
+    },
+    summary="Upload a file and analyse it",
+)
+async def create_analysis(
+    request: Request,
+    response: Response,
+    file: Annotated[UploadFile, File(description="the media file")],
+    analysis_type: Annotated[str, Form(description="auto, basic, image or audio")] = "auto",
+    client_ref: Annotated[str | None, Form(max_length=255)] = None,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
+    ] = None,
+) -> JobOut:
+    rt = runtime_of(request)
+    if analysis_type not in rt.analysis_types:
+        raise HTTPException(
+            422,
+            f"unsupported analysis_type {analysis_type!r}; allowed: {', '.join(rt.analysis_types)}",
+        )
+    chunk = rt.settings.storage.chunk_bytes
+    async with rt.storage.stage(_chunks(file, chunk)) as staged:
+        if staged.size_bytes == 0:
+            raise HTTPException(400, "empty file: nothing to analyse")
+        key = upload_key(staged.sha256)
+        await rt.storage.place(staged, key)
+    media = MediaSnapshot(
+        sha256=staged.sha256,
+        size_bytes=staged.size_bytes,
+        content_type="application/octet-stream",
+        storage_key=key,
+        original_name=(file.filename or None) and file.filename[:1024],
+    )
+    new = NewJob(
+        analysis_type=analysis_type,
+        client_ref=client_ref,
+        idempotency_key=idempotency_key,
+        job_id=uuid.uuid4(),
+    )
+    try:
+        job, created = await _persisted_analysis(rt, new, media, staged)
+    except DependencyUnavailableError:
+        job = await _deferred_analysis(rt, new, media, staged)
+        response.status_code = 202
+        response.headers["X-History-Deferred"] = "outbox"
+        return job
+    if not created:
+        response.status_code = 200
+    response.headers["Location"] = f"/analyses/{job.id}"
+    return job
+
+
+async def _persisted_analysis(
+    rt: Runtime, new: NewJob, media: MediaSnapshot, staged: StagedFile
+) -> tuple[JobOut, bool]:
+    """The normal path: every state change is written to PostgreSQL as it happens."""
+    outcome = await _analyse(rt, new.analysis_type, media)
+    media = MediaSnapshot(**{**media.__dict__, "content_type": _content_type(outcome, media)})
+
+    async def register() -> uuid.UUID:
+        async with rt.sessions.begin() as session:
+            return await upsert_media(session, media)
+
+    media_id = await rt.db(register)
+    await rt.history.invalidate_media(media.sha256)
+    job, created = await rt.db(
+        lambda: rt.history.create_job(NewJob(**{**new.__dict__, "media_file_id": media_id}))
+    )
+    if not created:
+        return job, False
+    await rt.db(lambda: rt.history.mark_running(job.id))
+    if isinstance(outcome, ResultIn):
+        job = await rt.db(lambda: rt.history.mark_succeeded(job.id, outcome))
+    else:
+        job = await rt.db(lambda: rt.history.mark_failed(job.id, outcome))
+    return job, True
+
+
+async def _deferred_analysis(
+    rt: Runtime, new: NewJob, media: MediaSnapshot, staged: StagedFile
+) -> JobOut:
+    """PostgreSQL is down: analyse anyway and keep the finished job in the durable outbox."""
+    assert new.job_id is not None
+    outcome = await _analyse(rt, new.analysis_type, media)
+    media = MediaSnapshot(**{**media.__dict__, "content_type": _content_type(outcome, media)})
+    now = datetime.now(UTC)
+    succeeded = isinstance(outcome, ResultIn)
+    job = JobOut(
+        id=new.job_id,
+        media_file_id=None,
+        analysis_type=new.analysis_type,
+        status=JobStatus.succeeded if succeeded else JobStatus.failed,
+        params=new.params or {},
+        client_ref=new.client_ref,
+        idempotency_key=new.idempotency_key,
+        created_at=now,
+        started_at=now,
+        finished_at=now,
+        error=None if isinstance(outcome, ResultIn) else outcome,
+        attempts=1,
+        result=ResultOut(**outcome.model_dump(), created_at=now)
+        if isinstance(outcome, ResultIn)
+        else None,
+    )
+    await asyncio.to_thread(rt.outbox.append, OutboxEntry(job, media))
+    await rt.history.cache.put(Kind.job, str(job.id), job, job_placement(job))
+    return job
+
+
+async def _analyse(rt: Runtime, analysis_type: str, media: MediaSnapshot) -> ResultIn | str:
+    """The analysis result, or the error text that fails the job."""
+    path = rt.storage.path_for(media.storage_key)
+    try:
+        outcome = await asyncio.to_thread(
+            rt.analyse, analysis_type, path, media.sha256, media.size_bytes
+        )
+    except rt.analysis_errors as exc:
+        return str(exc)
+    return ResultIn(
+        result=outcome.result,
+        summary=outcome.summary,
+        engine_name=outcome.engine_name,
+        engine_version=outcome.engine_version,
+        duration_ms=outcome.duration_ms,
+    )
+
+
+def _content_type(outcome: ResultIn | str, media: MediaSnapshot) -> str:
+    if isinstance(outcome, ResultIn):
+        return str(outcome.result.get("content_type", media.content_type))
+    return media.content_type
+
+
+@router.get(
+    "/analyses/{job_id}",
+    response_model=JobOut,
+    responses=ERRORS,
+    summary="One analysis job with its result",
+)
+async def get_analysis(request: Request, job_id: uuid.UUID) -> JobOut:
+    rt = runtime_of(request)
+    try:
+        job = await rt.history.get_job(job_id)
+    except DependencyUnavailableError:
+        entry = await asyncio.to_thread(rt.outbox.get, job_id)
+        if entry is None:
+            raise unavailable("the analysis history") from None
+        return entry.job
+    if job is None:
+        entry = await asyncio.to_thread(rt.outbox.get, job_id)
+        if entry is not None:  # accepted while PG was down, not replayed yet
+            return entry.job
+        raise HTTPException(404, f"no analysis job {job_id}")
+    return job
+
+
+@router.get(
+    "/analyses",
+    response_model=HistoryPage,
+    responses=ERRORS,
+    summary="Analysis history, newest first (keyset pagination)",
+)
+async def list_analyses(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    status: JobStatus | None = None,
+    analysis_type: Annotated[str | None, Query(max_length=64)] = None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+) -> HistoryPage:
+    rt = runtime_of(request)
+    limit = min(limit, rt.settings.api.history_page_max)
+    filters = HistoryFilter(
+        status=status,
+        analysis_type=analysis_type,
+        created_from=_aware(created_from),
+        created_to=_aware(created_to),
+    )
+    try:
+        return await rt.history.list_history(limit=limit, cursor=cursor, filters=filters)
+    except DependencyUnavailableError:
+        raise unavailable("the analysis history") from None
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
+Sha256 = Annotated[str, Path(pattern=SHA256_PATTERN, description="64 lowercase hex digits")]
+
+
+async def _media_or_404(rt: Runtime, sha256: str) -> MediaOut:
+    try:
+        media = await rt.history.get_media(sha256)
+    except DependencyUnavailableError:
+        raise unavailable("media metadata") from None
+    if media is None:
+        raise HTTPException(404, f"no stored media with sha256 {sha256}")
+    return media
+
+
+@router.get(
+    "/media/{sha256}",
+    response_model=MediaOut,
+    responses=ERRORS,
+    summary="Metadata of a stored media file",
+)
+async def get_media(request: Request, sha256: Sha256) -> MediaOut:
+    return await _media_or_404(runtime_of(request), sha256)
+
+
+@router.get(
+    "/media/{sha256}/content",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}, **ERRORS},
+    summary="The stored bytes of a media file",
+)
+async def get_media_content(request: Request, sha256: Sha256) -> StreamingResponse:
+    rt = runtime_of(request)
+    media = await _media_or_404(rt, sha256)
+    try:
+        fd = await asyncio.to_thread(rt.storage.open_read, media.storage_key)
+    except FileNotFoundError:
+        raise HTTPException(404, f"the file of media {sha256} is gone (retention)") from None
+    return StreamingResponse(
+        rt.storage.read_chunks(fd),
+        media_type=media.content_type,
+        headers={"Content-Length": str(media.size_bytes)},
+    )

@@ -1,0 +1,177 @@
+"""Everything the patched API holds while it runs, built once in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app_patch.bootstrap import database_url, redis_url
+from app_patch.cache import RedisCache
+from app_patch.db import create_engine, create_session_factory
+from app_patch.metrics import LiveSources, Metrics, PoolFigures, RetentionTotals
+from app_patch.models import RetentionEvent
+from app_patch.resilience import Breaker, Outbox, OutboxReplayer, is_database_outage
+from app_patch.schemas import JobOut
+from app_patch.service import HistoryService
+from app_patch.settings import Settings
+from app_patch.storage import Storage
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Analysis(Protocol):
+    """What an analyser returns (see api/analysis.py)."""
+
+    result: dict[str, Any]
+    summary: str
+    duration_ms: float
+    engine_name: str
+    engine_version: str
+
+
+class Analyser(Protocol):
+    """Blocking analysis of a stored file; raises an exception whose text is the job error."""
+
+    def __call__(self, analysis_type: str, path: Any, sha256: str, size_bytes: int) -> Analysis: ...
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    db_breaker: Breaker
+    cache: RedisCache
+    history: HistoryService
+    storage: Storage
+    outbox: Outbox
+    replayer: OutboxReplayer
+    metrics: Metrics
+    analyse: Analyser
+    analysis_types: Sequence[str]
+    analysis_errors: tuple[type[Exception], ...]
+    retention_totals: RetentionTotals
+
+    async def db(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run a database operation behind the PostgreSQL breaker."""
+        return await self.db_breaker.call(operation)
+
+    async def refresh_retention_totals(self) -> None:
+        """Sum retention_events per policy (for /metrics); keeps the last figures if PG is down."""
+
+        async def load() -> RetentionTotals:
+            async with self.sessions() as session:
+                rows = await session.execute(
+                    select(
+                        RetentionEvent.policy,
+                        func.count(),
+                        func.coalesce(func.sum(RetentionEvent.bytes_freed), 0),
+                    ).group_by(RetentionEvent.policy)
+                )
+                return RetentionTotals({p: (int(n), int(b)) for p, n, b in rows.all()})
+
+        try:
+            self.retention_totals = await self.db(load)
+        except Exception as exc:  # a scrape must never fail because PG is away
+            log.debug("retention totals not refreshed: %s", exc)
+
+    def pool_figures(self) -> PoolFigures:
+        pool: Any = self.engine.pool
+        return PoolFigures(
+            size=int(pool.size()),
+            checked_out=int(pool.checkedout()),
+            overflow=max(0, int(pool.overflow())),
+            max_connections=self.settings.db.max_connections,
+        )
+
+    def cache_counters(self) -> dict[str, dict[str, int]]:
+        kinds: dict[str, dict[str, int]] = self.cache.stats.snapshot()["kinds"]
+        return {
+            kind: {
+                "hit": c["hits"],
+                "miss": c["misses"],
+                "error": c["errors"],
+                "bypass": c["bypassed"],
+            }
+            for kind, c in kinds.items()
+        }
+
+    def live_sources(self) -> LiveSources:
+        return LiveSources(
+            pool=self.pool_figures,
+            breakers=lambda: {
+                "postgres": self.db_breaker.state,
+                "redis": self.cache.stats.breaker_state,
+            },
+            cache_counters=self.cache_counters,
+            outbox_backlog=self.outbox.backlog,
+            storage_usage=lambda: {
+                area: (files, nbytes)
+                for area, (files, nbytes) in self.storage.usage(max_age_s=5).items()
+            },
+            retention=lambda: self.retention_totals,
+        )
+
+
+async def open_runtime(
+    settings: Settings,
+    *,
+    analyse: Analyser,
+    analysis_types: Sequence[str],
+    analysis_errors: tuple[type[Exception], ...],
+    metrics: Metrics,
+) -> Runtime:
+    engine = create_engine(settings.db, database_url(settings))
+    sessions = create_session_factory(engine)
+    cache = RedisCache(settings, redis_url(settings))
+    db_breaker = Breaker(
+        "postgres",
+        threshold=settings.resilience.db_failure_threshold,
+        recovery_s=settings.resilience.db_recovery_s,
+        is_outage=is_database_outage,
+    )
+    history = HistoryService(sessions, cache)
+    storage = await Storage.open(settings.storage)
+    outbox = Outbox(storage.outbox_dir)
+
+    async def after_replay(job: JobOut) -> None:
+        await history.invalidate_job(job.id)
+
+    replayer = OutboxReplayer(
+        outbox,
+        sessions,
+        db_breaker,
+        interval_s=settings.resilience.replay_interval_s,
+        on_replayed=after_replay,
+    )
+    runtime = Runtime(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        db_breaker=db_breaker,
+        cache=cache,
+        history=history,
+        storage=storage,
+        outbox=outbox,
+        replayer=replayer,
+        metrics=metrics,
+        analyse=analyse,
+        analysis_types=tuple(analysis_types),
+        analysis_errors=analysis_errors,
+        retention_totals=RetentionTotals(),
+    )
+    metrics.attach(runtime.live_sources())
+    replayer.start()
+    return runtime
+
+
+async def close_runtime(runtime: Runtime) -> None:
+    await runtime.replayer.stop()
+    await runtime.cache.close()
+    await runtime.engine.dispose()
