@@ -15,6 +15,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,8 @@ def test_history_survives_an_api_container_restart(stack: Deployed) -> None:
     name = stack.config.api_name
     before = docker_host.inspect(name)["State"]["StartedAt"]
 
-    subprocess.run(["docker", "restart", "--time", "20", name], check=True, timeout=120)
+    with closing(docker_host.client()) as engine_api:
+        engine_api.containers.get(name).restart(timeout=20)
     docker_host.wait_healthy([name], timeout_s=120)
 
     assert docker_host.inspect(name)["State"]["StartedAt"] != before
