@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import runpy
+from dataclasses import fields
+from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import pulumi
 import pytest
+import yaml
 
+from infra.config import StackConfig, config_from_source, pulumi_key
 from infra.stack import API_USER, STORAGE_ROOT
 from tests.infra.pulumi_harness import (
     CONTAINER,
@@ -15,14 +20,17 @@ from tests.infra.pulumi_harness import (
     IMAGE,
     NETWORK,
     PASSWORDS,
+    PROJECT,
     REMOTE_IMAGE,
     VOLUME,
+    RecordingMocks,
     env_of,
     is_secret,
     run_program,
 )
 
 PG, REDIS, API = "af-postgres-1", "af-redis-1", "media-analysis-api"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_managed_mode_declares_exactly_the_whole_stack() -> None:
@@ -228,3 +236,33 @@ def test_wrong_setting_fails_with_one_message_naming_it(
 
     assert expected in str(error.value)
     assert str(error.value).count("\n") == 0
+
+
+def test_project_file_entry_point_runs_the_program() -> None:
+    project = yaml.safe_load((REPO_ROOT / "Pulumi.yaml").read_text())
+    assert project["name"] == PROJECT
+    assert project["main"] == "infra/"
+    assert project["runtime"] == {
+        "name": "python",
+        "options": {"toolchain": "pip", "virtualenv": ".venv"},
+    }
+    mocks = RecordingMocks()
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack="dev", preview=False)
+    pulumi.runtime.set_all_config({f"{PROJECT}:{key}": value for key, value in PASSWORDS.items()})
+
+    @pulumi.runtime.test
+    def program() -> pulumi.Output[None]:
+        runpy.run_path(str(REPO_ROOT / project["main"]), run_name="__main__")
+        return pulumi.Output.from_input(None)
+
+    program()
+    assert {r.name for r in mocks.resources if r.typ == CONTAINER} == {PG, REDIS, API}
+
+
+def test_documented_dev_stack_config_is_the_defaults() -> None:
+    documented = yaml.safe_load((REPO_ROOT / "Pulumi.dev.yaml").read_text())["config"]
+    values = {key.removeprefix(f"{PROJECT}:"): str(value) for key, value in documented.items()}
+    known = {pulumi_key(field.name) for field in fields(StackConfig)}
+
+    assert set(values) == known
+    assert config_from_source(values.get, pulumi_key) == StackConfig()
