@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import pytest
 import yaml
+from rich.console import Console
 
 from infra import compose
 from infra.config import ConfigError, StackConfig, config_from_env, secrets_from_env
@@ -20,6 +22,7 @@ from infra.spec import (
     Stack,
 )
 from infra.stack import build_stack
+from infra.verify_containers import report, run_checks
 
 SECRETS = {"postgres_password": "p$ss word", "redis_password": "r@dis"}
 
@@ -129,3 +132,21 @@ def test_up_without_a_password_fails_before_touching_docker(
 
 def test_network_spec_external_flag_round_trips() -> None:
     assert Network("af-network", external=True).external
+
+
+def test_verify_reports_every_check_failed_when_nothing_runs() -> None:
+    token = secrets.token_hex(4)
+    config = StackConfig(
+        postgres_host=f"absent-pg-{token}",
+        redis_host=f"absent-redis-{token}",
+        api_name=f"absent-api-{token}",
+    )
+    console = Console(record=True, width=200)
+
+    results = run_checks(config)
+
+    assert len(results) == 10
+    assert not any(result.ok for result in results)
+    assert all("absent-" in result.detail for result in results)
+    assert report(results, console) == 1
+    assert "10 of 10 checks failed" in console.export_text()
