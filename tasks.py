@@ -1,6 +1,10 @@
-"""Operator tasks (invoke). Each task is a thin shell around library code in app_patch/ and infra/.
+"""Operator tasks (invoke). Each task is a thin shell around library code in app_patch/,
+infra/ and bench/; ``invoke --list`` shows them. Every task exits non-zero with one clear line
+(or a check table) on failure.
 
-Run ``invoke --list`` for the list; every task exits non-zero with one clear line on failure.
+The main job is ``invoke up`` (stack up, migrated, verified). Passwords for the container
+stack come from ``MA_INFRA_POSTGRES_PASSWORD`` / ``MA_INFRA_REDIS_PASSWORD``; ``invoke
+secrets`` writes random ones to ``.data/stack.env``, which every task reads.
 """
 
 from __future__ import annotations
@@ -8,28 +12,44 @@ from __future__ import annotations
 import shlex
 import sys
 
-from invoke import Context, task
+from dotenv import load_dotenv
+from invoke import Collection, Context, Exit, task
 from rich.console import Console
 from rich.table import Table
 
 from app_patch import migrate as migrations
-from app_patch.bootstrap import database_url
 from app_patch.db import redacted
 from app_patch.errors import one_line_errors
 from app_patch.settings import get_settings
+from infra import stack_ops, tasks_infra
+from infra.secrets_file import STACK_ENV, ensure_stack_env
+from infra.verify_containers import report
 
+load_dotenv(STACK_ENV, override=False)
 console = Console(soft_wrap=True)
 PY = shlex.quote(sys.executable)
 
 
+def _log(line: str) -> None:
+    console.print(f"[dim]{line}[/dim]")
+
+
+@task
+def secrets(c: Context) -> None:
+    """Write random stack passwords to .data/stack.env (kept if it exists)."""
+    created = ensure_stack_env()
+    load_dotenv(STACK_ENV, override=False)
+    console.print(f"{'wrote' if created else 'kept'} {STACK_ENV}")
+
+
 @task(help={"revision": "target revision (default: head)"})
 def migrate(c: Context, revision: str = "head") -> None:
-    """Upgrade the database schema (safe to run from several hosts at once)."""
+    """Upgrade the schema of MA_DB_URL, else of the running stack (safe from several hosts)."""
     with one_line_errors():
-        url = database_url(get_settings())
-        report = migrations.upgrade(url, revision)
-    before, after = report.from_revision or "base", report.to_revision or "base"
-    change = f"migrated {before} -> {after}" if report.changed else f"already at {after}"
+        url = stack_ops.target_database_url()
+        report_ = migrations.upgrade(url, revision)
+    before, after = report_.from_revision or "base", report_.to_revision or "base"
+    change = f"migrated {before} -> {after}" if report_.changed else f"already at {after}"
     console.print(f"{change} on {redacted(url)}")
 
 
@@ -37,7 +57,7 @@ def migrate(c: Context, revision: str = "head") -> None:
 def db_status(c: Context) -> None:
     """Current revision, pending revisions and row counts per table."""
     with one_line_errors():
-        url = database_url(get_settings())
+        url = stack_ops.target_database_url()
         state = migrations.status(url)
     console.print(f"database: {redacted(url)}")
     console.print(f"current revision: {state.current or 'base'}   head: {state.head}")
@@ -48,11 +68,67 @@ def db_status(c: Context) -> None:
     console.print(table)
 
 
+@task(
+    help={
+        "engine": "pulumi, compose or embedded (default: the first this machine has)",
+        "no_build": "reuse the images already built",
+        "no_verify": "skip the checks after migrating",
+    }
+)
+def up(c: Context, engine: str = "", no_build: bool = False, no_verify: bool = False) -> None:
+    """The main job: start the stack, migrate it to head, verify it."""
+    with one_line_errors(), tasks_infra.clear_errors():
+        endpoints = stack_ops.up(engine=engine or None, build=not no_build, log=_log)
+        console.print(f"[green]up[/green] with the {endpoints.engine} engine")
+        migration = stack_ops.migrate(endpoints)
+        console.print(f"schema: {migration.from_revision or 'base'} -> {migration.to_revision}")
+    if endpoints.api_url:
+        console.print(f"API: {endpoints.api_url}")
+    if not no_verify:
+        _verify_or_exit(endpoints)
+
+
+@task(help={"volumes": "also delete the stack's volumes (its data)"})
+def down(c: Context, volumes: bool = False) -> None:
+    """Stop what `up` started; data is kept unless --volumes."""
+    with one_line_errors(), tasks_infra.clear_errors():
+        kind = stack_ops.down(volumes=volumes, log=_log)
+    console.print(f"[green]down[/green] ({kind})")
+
+
+@task
+def verify(c: Context) -> None:
+    """Smoke checks plus testinfra checks of the running stack; non-zero exit on failure."""
+    with one_line_errors(), tasks_infra.clear_errors():
+        endpoints = stack_ops.current_endpoints()
+    _verify_or_exit(endpoints)
+
+
+def _verify_or_exit(endpoints: stack_ops.StackEndpoints) -> None:
+    code = report(stack_ops.verify(endpoints), console)
+    if code:
+        raise Exit(code=code)
+
+
+@task(help={"host": "bind address (MA_API_HOST)", "port": "port (MA_API_PORT)"})
+def serve(c: Context, host: str = "", port: int = 0) -> None:
+    """Serve the API in the foreground with uvicorn (Ctrl-C stops it)."""
+    api = get_settings().api
+    bind = shlex.quote(host or api.host)
+    c.run(f"{PY} -m uvicorn api.main:app --host {bind} --port {port or api.port}", pty=False)
+
+
 @task(help={"k": "only tests matching this expression", "quick": "skip lint and type checks"})
 def test(c: Context, k: str = "", quick: bool = False) -> None:
     """Lint, type-check and run the whole test suite (real PostgreSQL, Redis, Docker)."""
     if not quick:
         c.run(f"{PY} -m ruff check .")
         c.run(f"{PY} -m mypy")
-    selector = f" -k {k!r}" if k else ""
+    selector = f" -k {shlex.quote(k)}" if k else ""
     c.run(f"{PY} -m pytest{selector}")
+
+
+ns = Collection(secrets, migrate, db_status, up, down, verify, serve, test)
+for infra_task in tasks_infra.TASKS:
+    if infra_task.name not in {"up", "down"}:  # ours wrap them with migrate + verify
+        ns.add_task(infra_task)

@@ -146,7 +146,7 @@ def up(
     config = config if config is not None else config_from_env(os.environ)
     config.validate()
     if kind is Engine.EMBEDDED:
-        endpoints = _embedded_up()
+        endpoints = embedded_up()
         _save_state(kind, config)
         return endpoints
     secrets = dict(secrets) if secrets is not None else secrets_from_env(os.environ)
@@ -261,7 +261,7 @@ def _redis_url(config: StackConfig, password: str, host: str) -> str:
     return f"redis://:{quote(password, safe='')}@{host}:{REDIS_PORT}/{config.redis_db}"
 
 
-def _embedded_up() -> StackEndpoints:
+def embedded_up() -> StackEndpoints:
     """pgserver PostgreSQL and a loopback redis-server under the settings' data dir, exactly
     as the app's own bootstrap starts them (Unix socket / loopback only, so no passwords)."""
     from app_patch.embedded import EmbeddedRedis, start_embedded_postgres
@@ -316,6 +316,12 @@ def _pulumi_up(log: Log) -> StackEndpoints:
     return StackEndpoints(
         Engine.PULUMI, endpoints.database_url, endpoints.redis_url, endpoints.api_url
     )
+
+
+def recorded_engine() -> Engine | None:
+    """The engine the last ``up`` used, when it is recorded."""
+    engine = _load_state().get("engine")
+    return Engine(engine) if engine else None
 
 
 def recorded_config() -> StackConfig | None:

@@ -28,7 +28,7 @@ console = Console(soft_wrap=True)
 
 
 @contextmanager
-def _clear_errors() -> Iterator[None]:
+def clear_errors() -> Iterator[None]:
     try:
         yield
     except (
@@ -49,7 +49,7 @@ def _log(line: str) -> None:
 @task(name="compose", help={"path": "where to write it (default infra/rendered/compose.yml)"})
 def compose_file(c: Context, path: str = "") -> None:
     """Render the stack (MA_INFRA_* settings) to a compose file."""
-    with _clear_errors():
+    with clear_errors():
         spec = build_stack(config_from_env(os.environ))
         written = compose.write(spec, Path(path) if path else compose.DEFAULT_PATH)
     console.print(f"wrote {written}")
@@ -58,7 +58,7 @@ def compose_file(c: Context, path: str = "") -> None:
 @task
 def seed_base_image(c: Context) -> None:
     """Provide debian:bookworm-slim: pull it, or debootstrap and import it (~25 s)."""
-    with _clear_errors():
+    with clear_errors():
         ensure_dockerd()
         config = config_from_env(os.environ)
         how = images.seed_base_image(config.base_image, log=_log)
@@ -68,7 +68,7 @@ def seed_base_image(c: Context) -> None:
 @task(name="images")
 def build_images(c: Context) -> None:
     """Build the local images (API; PostgreSQL/Redis when buildLocalImages)."""
-    with _clear_errors():
+    with clear_errors():
         ensure_dockerd()
         config = config_from_env(os.environ)
         images.seed_base_image(config.base_image, log=_log)
@@ -86,7 +86,7 @@ def build_images(c: Context) -> None:
 )
 def up(c: Context, engine: str = "", no_build: bool = False, no_migrate: bool = False) -> None:
     """Start the stack from the MA_INFRA_* settings (passwords: MA_INFRA_*_PASSWORD)."""
-    with _clear_errors():
+    with clear_errors():
         endpoints = stack_engine.up(
             engine=engine or None, build=not no_build, migrate=not no_migrate, log=_log
         )
@@ -98,7 +98,7 @@ def up(c: Context, engine: str = "", no_build: bool = False, no_migrate: bool = 
 @task(help={"volumes": "also delete the stack's own volumes (its data)"})
 def down(c: Context, volumes: bool = False) -> None:
     """Stop what `up` started; data volumes are kept unless --volumes."""
-    with _clear_errors():
+    with clear_errors():
         kind = stack_engine.down(remove_volumes=volumes, log=_log)
     console.print(f"[green]down[/green] ({kind})")
 
@@ -106,7 +106,7 @@ def down(c: Context, volumes: bool = False) -> None:
 @task
 def verify_containers(c: Context) -> None:
     """testinfra checks of the running containers; non-zero exit when any fails."""
-    with _clear_errors():
+    with clear_errors():
         code = verify_containers_report()
     if code:
         raise Exit(code=code)

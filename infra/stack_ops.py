@@ -1,0 +1,93 @@
+"""The main job, end to end: bring the stack up, migrate it, verify it.
+
+Whatever engine ``infra.engine`` picks, the result is the same set of endpoints; the
+embedded engine gets a local API process so that every engine ends with an API to check.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from app_patch import migrate as migrations
+from app_patch.bootstrap import database_url
+from app_patch.migrate import UpgradeReport
+from app_patch.settings import get_settings
+from infra import engine as stack_engine
+from infra import local_api
+from infra.config import config_from_env, secrets_from_env
+from infra.engine import Engine, StackEndpoints
+from infra.smoke import SmokeTarget, run_smoke
+from infra.verify_containers import CheckResult, run_checks
+
+Log = Callable[[str], None]
+
+
+def current_endpoints() -> StackEndpoints:
+    """Endpoints of the stack ``up`` started (passwords from the environment), or of the
+    embedded default when nothing was started."""
+    kind = stack_engine.recorded_engine()
+    if kind in {Engine.COMPOSE, Engine.PULUMI}:
+        config = stack_engine.recorded_config() or config_from_env(os.environ)
+        return stack_engine.compose_endpoints(config, secrets_from_env(os.environ))
+    settings = get_settings()
+    redis_url = (
+        settings.redis.url.get_secret_value()
+        if settings.redis.url
+        else stack_engine.embedded_up().redis_url
+    )
+    api_url = None
+    if local_api.running_pid() is not None:
+        api_url = f"http://{settings.api.host}:{settings.api.port}"
+    return StackEndpoints(Engine.EMBEDDED, database_url(settings), redis_url, api_url)
+
+
+def target_database_url() -> str:
+    """For migrate/db-status: MA_DB_URL or DATABASE_URL, else the running stack's database."""
+    settings = get_settings()
+    if settings.db.url is not None:
+        return settings.db.url.get_secret_value()
+    return current_endpoints().database_url
+
+
+def up(*, engine: str | None, build: bool, log: Log) -> StackEndpoints:
+    endpoints = stack_engine.up(engine=engine, build=build, migrate=False, log=log)
+    if endpoints.engine is Engine.EMBEDDED:
+        settings = get_settings()
+        env = {"MA_DB_URL": endpoints.database_url}
+        if endpoints.redis_url:
+            env["MA_REDIS_URL"] = endpoints.redis_url
+        api_url = local_api.start(env, settings.api.host, settings.api.port)
+        endpoints = StackEndpoints(
+            endpoints.engine, endpoints.database_url, endpoints.redis_url, api_url
+        )
+    return endpoints
+
+
+def migrate(endpoints: StackEndpoints) -> UpgradeReport:
+    return migrations.upgrade(endpoints.database_url)
+
+
+def down(*, volumes: bool, log: Log) -> Engine:
+    if local_api.stop():
+        log("stopped the local API")
+    return stack_engine.down(remove_volumes=volumes, log=log)
+
+
+def verify(endpoints: StackEndpoints) -> list[CheckResult]:
+    """Smoke checks for every engine, plus the testinfra container checks for containers."""
+    local_storage: Path | None = None
+    if endpoints.engine is Engine.EMBEDDED:
+        local_storage = get_settings().storage.root
+    results = run_smoke(
+        SmokeTarget(
+            database_url=endpoints.database_url,
+            redis_url=endpoints.redis_url,
+            api_url=endpoints.api_url,
+            storage_root=local_storage,
+        )
+    )
+    if endpoints.engine in {Engine.COMPOSE, Engine.PULUMI}:
+        results += run_checks()
+    return results
