@@ -2,19 +2,51 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from app_patch.settings import DatabaseSettings
+
+PoolObserver = Callable[[float, bool], None]
+"""Called after every checkout with (seconds waited, timed out)."""
+
+
+class ObservedQueuePool(AsyncAdaptedQueuePool):
+    """The default async pool, reporting each checkout's wait (queue wait or a new connect)
+    and pool timeouts, for the metrics. ``observer`` survives ``dispose()``."""
+
+    observer: PoolObserver | None = None
+
+    def _do_get(self) -> Any:
+        started = time.perf_counter()
+        timed_out = False
+        try:
+            return super()._do_get()
+        except PoolTimeoutError:
+            timed_out = True
+            raise
+        finally:
+            if self.observer is not None:
+                self.observer(time.perf_counter() - started, timed_out)
+
+    def recreate(self) -> ObservedQueuePool:
+        fresh = super().recreate()
+        assert isinstance(fresh, ObservedQueuePool)
+        fresh.observer = self.observer
+        return fresh
 
 
 class DatabaseConfigError(ValueError):
@@ -54,6 +86,7 @@ def create_engine(settings: DatabaseSettings, url: str | URL) -> AsyncEngine:
     resolved = normalize_url(url) if isinstance(url, str) else url
     return create_async_engine(
         resolved,
+        poolclass=ObservedQueuePool,
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout_s,
@@ -66,6 +99,12 @@ def create_engine(settings: DatabaseSettings, url: str | URL) -> AsyncEngine:
             "application_name": "media-analysis-kit",
         },
     )
+
+
+def observe_pool(engine: AsyncEngine, observer: PoolObserver) -> None:
+    pool = engine.sync_engine.pool
+    if isinstance(pool, ObservedQueuePool):
+        pool.observer = observer
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -126,7 +126,17 @@ class Metrics:
             registry=self.registry,
             buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
         )
+        self.pool_timeouts = Counter(
+            "ma_db_pool_timeouts",
+            "Checkouts that gave up after pool_timeout (should stay 0)",
+            registry=self.registry,
+        )
         self._collector: LiveCollector | None = None
+
+    def observe_pool_checkout(self, waited_s: float, timed_out: bool) -> None:
+        self.pool_wait_seconds.observe(waited_s)
+        if timed_out:
+            self.pool_timeouts.inc()
 
     def attach(self, sources: LiveSources) -> None:
         if self._collector is not None:

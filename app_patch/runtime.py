@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app_patch.bootstrap import database_url, redis_url
 from app_patch.cache import RedisCache
-from app_patch.db import create_engine, create_session_factory
+from app_patch.db import create_engine, create_session_factory, observe_pool
 from app_patch.metrics import LiveSources, Metrics, PoolFigures, RetentionTotals
 from app_patch.models import RetentionEvent
 from app_patch.resilience import Breaker, Outbox, OutboxReplayer, is_database_outage
@@ -128,6 +128,7 @@ async def open_runtime(
     metrics: Metrics,
 ) -> Runtime:
     engine = create_engine(settings.db, database_url(settings))
+    observe_pool(engine, metrics.observe_pool_checkout)
     sessions = create_session_factory(engine)
     cache = RedisCache(settings, redis_url(settings))
     db_breaker = Breaker(
