@@ -170,6 +170,10 @@ async def test_unwritable_storage_is_507_and_nothing_half_written(
         assert response.status_code == 507, describe(response)
         detail_of(response)
         assert await job_rows(api.db_url) == [], "a job was recorded for an unstored file"
+        # uploads cannot be stored: the API cannot serve, readiness says so
+        not_ready = await client.get("/health/ready")
+        assert not_ready.status_code == 503, describe(not_ready)
+        assert not_ready.json()["checks"]["storage"] != "ok", describe(not_ready)
     finally:
         for area in ("tmp", "uploads"):
             (root / area).unlink(missing_ok=True)
@@ -180,3 +184,5 @@ async def test_unwritable_storage_is_507_and_nothing_half_written(
 
     recovered = await upload(client, unique_text("writable-again"))
     assert recovered.status_code == 201, describe(recovered)
+    ready_again = await client.get("/health/ready")
+    assert ready_again.status_code == 200, describe(ready_again)

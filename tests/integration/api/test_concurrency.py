@@ -80,6 +80,9 @@ async def test_200_concurrent_requests_fit_the_pool(api: LiveApp) -> None:
 
         metrics = await client.get("/metrics")
         assert metrics.status_code == 200, describe(metrics)
+        pool_timeouts = metric_values(metrics.text, "ma_db_pool_timeouts_total")
+        assert pool_timeouts, "/metrics has no ma_db_pool_timeouts_total"
+        assert set(pool_timeouts.values()) == {0.0}, pool_timeouts
         timeouts = timeout_counters(metrics.text)
         assert timeouts == {}, f"pool/operation timeouts reported: {timeouts}"
         max_conn = metric_values(metrics.text, "ma_db_pool_max_connections")

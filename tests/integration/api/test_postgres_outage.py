@@ -83,7 +83,9 @@ async def test_uploads_survive_postgres_outage_and_replay_exactly_once(
         assert len(ids) == N_UPLOADS, "two uploads got the same job id"
         assert all(job["status"] == "succeeded" for job in jobs), [j["status"] for j in jobs]
 
-        early = [r.status_code for r in responses[:STOP_AFTER]]
+        codes = [r.status_code for r in responses]
+        print(f"outage answers: {codes.count(201)} x 201, {codes.count(202)} x 202")
+        early = codes[:STOP_AFTER]
         assert early == [201] * STOP_AFTER, f"uploads before the stop: {early}"
         late = responses[SURELY_DOWN_FROM:]
         assert [r.status_code for r in late] == [202] * len(late), [
@@ -96,13 +98,15 @@ async def test_uploads_survive_postgres_outage_and_replay_exactly_once(
             assert r.status_code in (201, 202), describe(r)
 
         # while down: readiness tells, the outbox holds the deferred jobs, reads still work
-        await assert_degraded_while_down(client, live, deferred, responses[0])
+        violations: list[str] = []
+        await assert_degraded_while_down(client, live, deferred, responses[0], violations)
 
         # PostgreSQL back: the replayer drains the outbox, every job is there exactly once
         restart_started = time.monotonic()
         await asyncio.to_thread(dedicated_pg.restart)
         await assert_replayed(client, live, dedicated_pg, ids)
         recovered_in = time.monotonic() - restart_started
+        print(f"replayed and readiness ok {recovered_in:.2f} s after the restart")
         assert recovered_in < RECOVERY_TIMEOUT_S + 5
 
         # a formerly deferred job now reads back from PostgreSQL, history has all of them
@@ -113,12 +117,15 @@ async def test_uploads_survive_postgres_outage_and_replay_exactly_once(
         assert page.status_code == 200, describe(page)
         assert {uuid.UUID(item["id"]) for item in page.json()["items"]} == ids
 
+    assert violations == [], "\n".join(violations)
+
 
 async def assert_degraded_while_down(
     client: httpx.AsyncClient,
     live: LiveApp,
     deferred: list[httpx.Response],
     before_outage: httpx.Response,
+    violations: list[str],
 ) -> None:
     status, body = await ready(client)
     assert status == 200, f"readiness while PostgreSQL is down (API still serves): {status} {body}"
@@ -141,17 +148,32 @@ async def assert_degraded_while_down(
         assert got.json()["status"] == "succeeded"
         assert got.json()["result"]["result"]["sha256"] == job["result"]["result"]["sha256"]
 
-    # a job stored before the outage: from the cache if it is there, else a clear 503
+    # Checked softly (reported at the end) so the replay part still runs and reports.
+    # A job stored before the outage: from the cache if it is there, else a clear 503.
     old = await client.get(f"/analyses/{before_outage.json()['id']}")
-    assert old.status_code in (200, 503), describe(old)
-    if old.status_code == 503:
-        assert "retry-after" in old.headers, describe(old)
+    if old.status_code not in (200, 503) or (
+        old.status_code == 503 and "retry-after" not in old.headers
+    ):
+        violations.append(f"pre-outage job, expected 200 or 503+Retry-After: {describe(old)}")
 
-    # an id nobody knows cannot be answered without PostgreSQL: 503 + Retry-After
+    # Other reads: an answer (cache) or a clear 503 + Retry-After, never a 500.
+    sha = deferred[-1].json()["result"]["result"]["sha256"]
+    for path, params in (
+        ("/analyses", {"limit": "5"}),
+        (f"/media/{sha}", {}),
+        ("/metrics", {}),
+    ):
+        got = await client.get(path, params=params)
+        if got.status_code >= 500 and not (got.status_code == 503 and "retry-after" in got.headers):
+            violations.append(f"expected 2xx or 503 + Retry-After: {describe(got)}")
+
+    # An id nobody knows cannot be answered without PostgreSQL: 503 + Retry-After.
     unknown = await client.get(f"/analyses/{uuid.uuid4()}")
-    assert unknown.status_code == 503, describe(unknown)
-    assert "retry-after" in unknown.headers, dict(unknown.headers)
-    assert "detail" in unknown.json()
+    if unknown.status_code != 503 or "retry-after" not in unknown.headers:
+        violations.append(
+            f"unknown job, expected 503 + Retry-After: {describe(unknown)}"
+            f" headers={dict(unknown.headers)}"
+        )
 
 
 async def assert_replayed(

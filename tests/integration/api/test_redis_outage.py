@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -112,8 +113,14 @@ async def test_redis_outage_under_mixed_load(
         # Redis back: readiness returns to ok within a bounded wait, no request failed meanwhile
         await asyncio.to_thread(dedicated_redis.start)
         await load.phase("back", count=12)
+
+        async def read_then_ready() -> tuple[int, dict[str, Any]]:
+            # readiness reports the cache breaker, which only learns from cache traffic
+            await load.one(1, "probe")
+            return await ready(client)
+
         status, body = await wait_for(
-            lambda: ready(client),
+            read_then_ready,
             lambda v: v[1].get("checks", {}).get("redis") == "ok",
             timeout_s=15,
             interval_s=0.3,
