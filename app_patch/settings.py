@@ -61,6 +61,9 @@ class RedisSettings(BaseSettings):
     tls: bool = Field(default=False, description="use TLS (rediss) even for a redis:// URL")
     socket_timeout_s: float = Field(default=0.25, gt=0, description="per-command timeout")
     connect_timeout_s: float = Field(default=0.25, gt=0, description="connect timeout")
+    op_timeout_s: float = Field(
+        default=0.5, gt=0, description="hard cap on one cache call, connecting included"
+    )
     max_connections: int = Field(default=100, ge=1, description="client pool size")
 
 
