@@ -66,6 +66,21 @@ class HistoryPage(BaseModel):
     )
 
 
+class MediaOut(BaseModel):
+    """One live stored media file, looked up by its content hash."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    sha256: str
+    size_bytes: int
+    content_type: str
+    original_name: str | None
+    storage_key: str
+    created_at: datetime
+    last_accessed_at: datetime
+
+
 class InvalidCursorError(ValueError):
     """A history cursor that we did not issue (or that was altered)."""
 

@@ -1,0 +1,151 @@
+"""The history facade the API calls: PostgreSQL transactions first, then the cache.
+
+Every write commits in its own transaction and only then touches Redis (write-through of the
+new job state, history version bump). A write-through that cannot reach Redis never fails the
+request: ``RedisCache`` remembers the key as dirty and reads bypass it until it is repaired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app_patch import repository as repo
+from app_patch.cache import (
+    MEDIA_PLACEMENT,
+    RESULT_PLACEMENT,
+    Kind,
+    RedisCache,
+    job_placement,
+)
+from app_patch.models import MediaFile
+from app_patch.repository import NewJob
+from app_patch.schemas import (
+    HistoryFilter,
+    HistoryPage,
+    JobOut,
+    MediaOut,
+    ResultIn,
+    ResultOut,
+    decode_cursor,
+)
+
+
+class HistoryService:
+    """Cached reads and write-through writes of jobs, results, history pages and media."""
+
+    def __init__(self, session_factory: async_sessionmaker[AsyncSession], cache: RedisCache):
+        self._sessions = session_factory
+        self.cache = cache
+
+    # ---- writes --------------------------------------------------------------------------
+
+    async def create_job(self, new: NewJob) -> tuple[JobOut, bool]:
+        """Insert a queued job (or return the one its idempotency key names)."""
+        async with self._sessions.begin() as session:
+            job, created = await repo.create_job(session, new)
+        if created:
+            await self._written(job)
+        return job, created
+
+    async def mark_running(self, job_id: uuid.UUID) -> JobOut:
+        async with self._sessions.begin() as session:
+            job = await repo.mark_running(session, job_id)
+        await self._written(job)
+        return job
+
+    async def mark_succeeded(self, job_id: uuid.UUID, result: ResultIn) -> JobOut:
+        """Once this returns, every read of the job in this process sees it succeeded."""
+        async with self._sessions.begin() as session:
+            job = await repo.mark_succeeded(session, job_id, result)
+        await self._written(job)
+        return job
+
+    async def mark_failed(self, job_id: uuid.UUID, error: str) -> JobOut:
+        async with self._sessions.begin() as session:
+            job = await repo.mark_failed(session, job_id, error)
+        await self._written(job)
+        return job
+
+    async def invalidate_job(self, job_id: uuid.UUID) -> None:
+        """For writers that change a job outside this service (retention, replays)."""
+        await asyncio.gather(
+            self.cache.invalidate(Kind.job, str(job_id)),
+            self.cache.invalidate(Kind.result, str(job_id)),
+            self.cache.bump_history(),
+        )
+
+    async def _written(self, job: JobOut) -> None:
+        ident = str(job.id)
+        updates = [
+            self.cache.put(Kind.job, ident, job, job_placement(job)),
+            self.cache.bump_history(),
+        ]
+        if job.result is not None:
+            updates.append(self.cache.put(Kind.result, ident, job.result, RESULT_PLACEMENT))
+        await asyncio.gather(*updates)
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    async def get_job(self, job_id: uuid.UUID) -> JobOut | None:
+        async def load() -> JobOut | None:
+            async with self._sessions() as session:
+                return await repo.get_job(session, job_id)
+
+        return await self.cache.get_or_load(Kind.job, str(job_id), JobOut, load, job_placement)
+
+    async def get_result(self, job_id: uuid.UUID) -> ResultOut | None:
+        """A finished job's result (immutable, so cached with the long result TTL)."""
+
+        async def load() -> ResultOut | None:
+            async with self._sessions() as session:
+                job = await repo.get_job(session, job_id)
+            return job.result if job is not None else None
+
+        return await self.cache.get_or_load(
+            Kind.result, str(job_id), ResultOut, load, lambda _: RESULT_PLACEMENT
+        )
+
+    async def list_history(
+        self,
+        limit: int = 50,
+        cursor: str | None = None,
+        filters: HistoryFilter | None = None,
+    ) -> HistoryPage:
+        """Newest first; raises ``InvalidCursorError`` before touching Redis or PostgreSQL."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        if cursor is not None:
+            decode_cursor(cursor)
+
+        async def load() -> HistoryPage:
+            async with self._sessions() as session:
+                return await repo.list_history(session, limit=limit, cursor=cursor, filters=filters)
+
+        return await self.cache.get_history_page(
+            limit=limit, cursor=cursor, filters=filters, loader=load
+        )
+
+    async def get_media(self, sha256: str) -> MediaOut | None:
+        """A live (not deleted) media file by content hash."""
+        digest = sha256.lower()
+
+        async def load() -> MediaOut | None:
+            async with self._sessions() as session:
+                row = await session.scalar(
+                    select(MediaFile).where(
+                        MediaFile.sha256 == digest, MediaFile.deleted_at.is_(None)
+                    )
+                )
+                return MediaOut.model_validate(row) if row is not None else None
+
+        return await self.cache.get_or_load(
+            Kind.media, digest, MediaOut, load, lambda _: MEDIA_PLACEMENT
+        )
+
+    async def invalidate_media(self, sha256: str) -> None:
+        """Call after changing or deleting a media_files row."""
+        await self.cache.invalidate(Kind.media, sha256.lower())
