@@ -282,16 +282,13 @@ async def job_rows(
 ) -> list[uuid.UUID]:
     """Job ids straight from PostgreSQL (psycopg, not the app)."""
     async with await psycopg.AsyncConnection.connect(libpq(db_url), autocommit=True) as conn:
-        cur = await conn.execute(
-            f"SELECT id FROM analysis_jobs WHERE {where}",  # type: ignore[arg-type]
-            params,
-        )
+        cur = await conn.execute(f"SELECT id FROM analysis_jobs WHERE {where}", params)
         return [row[0] for row in await cur.fetchall()]
 
 
 async def scalar(db_url: str, query: str, params: tuple[Any, ...] = ()) -> Any:
     async with await psycopg.AsyncConnection.connect(libpq(db_url), autocommit=True) as conn:
-        cur = await conn.execute(query, params)  # type: ignore[arg-type]
+        cur = await conn.execute(query, params)
         row = await cur.fetchone()
         return None if row is None else row[0]
 

@@ -64,7 +64,7 @@ class Report:
 
 
 def fuzz_operation(
-    operation: schemathesis.APIOperation,
+    operation: schemathesis.APIOperation[Any, Any, Any, Any],
     mode: GenerationMode,
     examples: int,
     *,
@@ -85,7 +85,7 @@ def fuzz_operation(
         suppress_health_check=list(HealthCheck),
     )
     @given(case=operation.as_strategy(generation_mode=mode))
-    def fuzz(case: schemathesis.Case) -> None:
+    def fuzz(case: schemathesis.Case[Any]) -> None:
         if time.monotonic() > deadline:
             return
         try:
