@@ -53,6 +53,14 @@ async def postgres_state(rt: Runtime) -> DependencyState:
     return "ok" if rt.db_breaker.state == "closed" else "degraded"
 
 
+async def redis_state(rt: Runtime) -> DependencyState:
+    """Ping first: the ping goes through the cache's breaker, so readiness polls alone let an
+    open breaker half-open and close again once Redis is back."""
+    if rt.cache.enabled:
+        await rt.cache.ping()
+    return rt.cache.state
+
+
 async def storage_state(rt: Runtime) -> DependencyState:
     try:
         await asyncio.wait_for(rt.storage.check_writable(), PROBE_TIMEOUT_S)
@@ -74,8 +82,8 @@ async def live() -> Live:
 )
 async def ready(request: Request, response: Response) -> Ready:
     rt = _runtime(request)
-    pg, store = await asyncio.gather(postgres_state(rt), storage_state(rt))
-    checks: dict[str, DependencyState] = {"postgres": pg, "redis": rt.cache.state, "storage": store}
+    pg, cache, store = await asyncio.gather(postgres_state(rt), redis_state(rt), storage_state(rt))
+    checks: dict[str, DependencyState] = {"postgres": pg, "redis": cache, "storage": store}
     if store == "down":
         overall: DependencyState = "down"  # uploads cannot be stored: nothing to serve
     elif all(state == "ok" for state in checks.values()):

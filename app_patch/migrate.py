@@ -54,16 +54,23 @@ class UpgradeReport:
 
 
 def upgrade(url: str, revision: str = "head") -> UpgradeReport:
-    """Migrate to ``revision``; env.py serialises concurrent runs with an advisory lock."""
-    before = current_revision(url)
-    command.upgrade(alembic_config(url), revision)
-    return UpgradeReport(before, current_revision(url))
+    """Migrate to ``revision``; env.py serialises concurrent runs with an advisory lock and
+    records the revisions it saw while holding it."""
+    config = alembic_config(url)
+    command.upgrade(config, revision)
+    return _report(config)
 
 
 def downgrade(url: str, revision: str) -> UpgradeReport:
-    before = current_revision(url)
-    command.downgrade(alembic_config(url), revision)
-    return UpgradeReport(before, current_revision(url))
+    config = alembic_config(url)
+    command.downgrade(config, revision)
+    return _report(config)
+
+
+def _report(config: Config) -> UpgradeReport:
+    return UpgradeReport(
+        config.attributes.get("revision_before"), config.attributes.get("revision_after")
+    )
 
 
 @dataclass

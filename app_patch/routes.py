@@ -23,7 +23,6 @@ from fastapi import (
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from app_patch.cache import Kind, job_placement
 from app_patch.models import JobStatus
 from app_patch.repository import MediaSnapshot, NewJob, upsert_media
 from app_patch.resilience import DependencyUnavailableError, OutboxEntry
@@ -135,16 +134,16 @@ async def _persisted_analysis(
 
     media_id = await rt.db(register)
     await rt.history.invalidate_media(media.sha256)
-    job, created = await rt.db(
-        lambda: rt.history.create_job(NewJob(**{**new.__dict__, "media_file_id": media_id}))
+    job, created = await rt.history.create_job(
+        NewJob(**{**new.__dict__, "media_file_id": media_id})
     )
     if not created:
         return job, False
-    await rt.db(lambda: rt.history.mark_running(job.id))
+    await rt.history.mark_running(job.id)
     if isinstance(outcome, ResultIn):
-        job = await rt.db(lambda: rt.history.mark_succeeded(job.id, outcome))
+        job = await rt.history.mark_succeeded(job.id, outcome)
     else:
-        job = await rt.db(lambda: rt.history.mark_failed(job.id, outcome))
+        job = await rt.history.mark_failed(job.id, outcome)
     return job, True
 
 
@@ -175,7 +174,7 @@ async def _deferred_analysis(
         else None,
     )
     await asyncio.to_thread(rt.outbox.append, OutboxEntry(job, media))
-    await rt.history.cache.put(Kind.job, str(job.id), job, job_placement(job))
+    await rt.history.remember(job)
     return job
 
 

@@ -137,7 +137,7 @@ async def open_runtime(
         recovery_s=settings.resilience.db_recovery_s,
         is_outage=is_database_outage,
     )
-    history = HistoryService(sessions, cache)
+    history = HistoryService(sessions, cache, guard=db_breaker.call)
     storage = await Storage.open(settings.storage)
     outbox = Outbox(storage.outbox_dir)
 

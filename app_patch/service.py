@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -33,42 +35,78 @@ from app_patch.schemas import (
     decode_cursor,
 )
 
+T = TypeVar("T")
+
+
+class DatabaseGuard(Protocol):
+    """Runs one database operation, e.g. behind a circuit breaker (resilience.Breaker.call)."""
+
+    async def __call__(self, operation: Callable[[], Awaitable[T]]) -> T: ...
+
+
+async def _unguarded(operation: Callable[[], Awaitable[T]]) -> T:
+    return await operation()
+
 
 class HistoryService:
-    """Cached reads and write-through writes of jobs, results, history pages and media."""
+    """Cached reads and write-through writes of jobs, results, history pages and media.
 
-    def __init__(self, session_factory: async_sessionmaker[AsyncSession], cache: RedisCache):
+    Every database operation (writes and cache-miss loads) runs through ``guard``, so with a
+    breaker an outage surfaces as ``DependencyUnavailableError`` while cached reads still hit.
+    """
+
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        cache: RedisCache,
+        guard: DatabaseGuard = _unguarded,
+    ):
         self._sessions = session_factory
+        self._guard = guard
         self.cache = cache
+
+    async def _write(self, change: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        async def in_transaction() -> T:
+            async with self._sessions.begin() as session:
+                return await change(session)
+
+        return await self._guard(in_transaction)
+
+    async def _read(self, query: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        async def in_session() -> T:
+            async with self._sessions() as session:
+                return await query(session)
+
+        return await self._guard(in_session)
 
     # ---- writes --------------------------------------------------------------------------
 
     async def create_job(self, new: NewJob) -> tuple[JobOut, bool]:
         """Insert a queued job (or return the one its idempotency key names)."""
-        async with self._sessions.begin() as session:
-            job, created = await repo.create_job(session, new)
+        job, created = await self._write(lambda s: repo.create_job(s, new))
         if created:
             await self._written(job)
         return job, created
 
     async def mark_running(self, job_id: uuid.UUID) -> JobOut:
-        async with self._sessions.begin() as session:
-            job = await repo.mark_running(session, job_id)
+        job = await self._write(lambda s: repo.mark_running(s, job_id))
         await self._written(job)
         return job
 
     async def mark_succeeded(self, job_id: uuid.UUID, result: ResultIn) -> JobOut:
         """Once this returns, every read of the job in this process sees it succeeded."""
-        async with self._sessions.begin() as session:
-            job = await repo.mark_succeeded(session, job_id, result)
+        job = await self._write(lambda s: repo.mark_succeeded(s, job_id, result))
         await self._written(job)
         return job
 
     async def mark_failed(self, job_id: uuid.UUID, error: str) -> JobOut:
-        async with self._sessions.begin() as session:
-            job = await repo.mark_failed(session, job_id, error)
+        job = await self._write(lambda s: repo.mark_failed(s, job_id, error))
         await self._written(job)
         return job
+
+    async def remember(self, job: JobOut) -> None:
+        """Cache a job that was not written here (accepted into the outbox while PG is down)."""
+        await self._written(job)
 
     async def invalidate_job(self, job_id: uuid.UUID) -> None:
         """For writers that change a job outside this service (retention, replays)."""
@@ -92,8 +130,7 @@ class HistoryService:
 
     async def get_job(self, job_id: uuid.UUID) -> JobOut | None:
         async def load() -> JobOut | None:
-            async with self._sessions() as session:
-                return await repo.get_job(session, job_id)
+            return await self._read(lambda s: repo.get_job(s, job_id))
 
         return await self.cache.get_or_load(Kind.job, str(job_id), JobOut, load, job_placement)
 
@@ -101,8 +138,7 @@ class HistoryService:
         """A finished job's result (immutable, so cached with the long result TTL)."""
 
         async def load() -> ResultOut | None:
-            async with self._sessions() as session:
-                job = await repo.get_job(session, job_id)
+            job = await self._read(lambda s: repo.get_job(s, job_id))
             return job.result if job is not None else None
 
         return await self.cache.get_or_load(
@@ -122,8 +158,9 @@ class HistoryService:
             decode_cursor(cursor)
 
         async def load() -> HistoryPage:
-            async with self._sessions() as session:
-                return await repo.list_history(session, limit=limit, cursor=cursor, filters=filters)
+            return await self._read(
+                lambda s: repo.list_history(s, limit=limit, cursor=cursor, filters=filters)
+            )
 
         return await self.cache.get_history_page(
             limit=limit, cursor=cursor, filters=filters, loader=load
@@ -133,14 +170,14 @@ class HistoryService:
         """A live (not deleted) media file by content hash."""
         digest = sha256.lower()
 
+        async def query(session: AsyncSession) -> MediaOut | None:
+            row = await session.scalar(
+                select(MediaFile).where(MediaFile.sha256 == digest, MediaFile.deleted_at.is_(None))
+            )
+            return MediaOut.model_validate(row) if row is not None else None
+
         async def load() -> MediaOut | None:
-            async with self._sessions() as session:
-                row = await session.scalar(
-                    select(MediaFile).where(
-                        MediaFile.sha256 == digest, MediaFile.deleted_at.is_(None)
-                    )
-                )
-                return MediaOut.model_validate(row) if row is not None else None
+            return await self._read(query)
 
         return await self.cache.get_or_load(
             Kind.media, digest, MediaOut, load, lambda _: MEDIA_PLACEMENT

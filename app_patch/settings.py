@@ -91,6 +91,7 @@ class StorageSettings(BaseSettings):
     root: Path = Field(default=DEFAULT_DATA_DIR / "storage", description="storage root")
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1, description="413 above this")
     chunk_bytes: int = Field(default=1024 * 1024, ge=4096, description="streaming chunk size")
+    usage_cache_s: float = Field(default=5, ge=0, description="reuse usage figures this long")
 
 
 class RetentionSettings(BaseSettings):
@@ -104,6 +105,13 @@ class RetentionSettings(BaseSettings):
     orphan_grace_s: float = Field(default=3600, ge=0, description="age before an orphan goes")
     quota_bytes: int | None = Field(default=None, ge=0, description="optional total byte cap")
     batch_size: int = Field(default=500, ge=1, description="rows per sweep batch")
+    batch_pause_s: float = Field(default=0, ge=0, description="pause between batches (IO budget)")
+    touch_interval_s: float = Field(
+        default=60, ge=0, description="min. seconds between last-access updates of one file"
+    )
+    reconcile_max_fraction: float = Field(
+        default=0.5, ge=0, description="reconciliation refuses above this share (1: never)"
+    )
 
 
 class ResilienceSettings(BaseSettings):

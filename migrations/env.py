@@ -53,7 +53,10 @@ def _run_locked(connection: Connection) -> None:
     _configure(connection)
     with context.begin_transaction():
         connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+        # read under the lock, so a run that waited reports what it found, not what it feared
+        config.attributes["revision_before"] = context.get_context().get_current_revision()
         context.run_migrations()
+        config.attributes["revision_after"] = context.get_context().get_current_revision()
 
 
 async def run_migrations_online() -> None:

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import uuid
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -83,7 +84,16 @@ async def test_metrics_expose_every_family_with_live_values(
     assert [v for _, v in found["ma_db_pool_timeouts"]] == [0.0]
 
 
-def test_logs_are_json_with_request_id_and_no_secrets(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers, root.level = handlers, level
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_logs_are_json_with_request_id_and_no_secrets() -> None:
     stream = io.StringIO()
     configure_logging(json=True, level="INFO")
     handler = logging.getLogger().handlers[0]

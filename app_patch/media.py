@@ -1,0 +1,363 @@
+"""Uploads and artifacts: the file and its row in one unit of work, and reads for the API.
+
+Write protocol (``register_upload``, ``store_artifact``):
+
+1. stream the body into a locked ``tmp/`` file, hashing it (no DB connection held meanwhile);
+2. one short transaction: ``pg_advisory_xact_lock(key)``, lock/upsert the row, place the file
+   (rename, dir fsync) while the row lock is held, commit.
+
+The row lock is what the sweeper takes (``FOR UPDATE SKIP LOCKED``) before it unlinks, and the
+advisory lock is what orphan reconciliation takes, so a file is never removed between our
+"it exists" check and our commit. If the commit fails after the file was placed, the file is
+left where it is: it is content-addressed (a retry adopts it) and, if nothing adopts it,
+retention's ``orphans`` policy removes it after ``orphan_grace_s``. Removing it here would race
+with a concurrent upload of the same bytes that has already seen it. A committed live row thus
+always has its file; the reverse (a file without a live row) is the reconcilable state.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Row, case, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app_patch.models import Artifact, MediaFile
+from app_patch.repository import JobNotFoundError
+from app_patch.settings import RetentionSettings
+from app_patch.storage import (
+    StagedFile,
+    Storage,
+    StoredFileMissingError,
+    artifact_key,
+    in_thread,
+    key_lock_id,
+    upload_key,
+)
+
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+_CONTENT_TYPE = re.compile(r"[\w.+-]{1,127}/[\w.+-]{1,127}(\s*;[\x20-\x7e]*)?")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_FK_VIOLATION = "23503"
+
+
+class MediaNotFoundError(LookupError):
+    """No live media file (or artifact) by that id/hash, or its file is gone (HTTP 404)."""
+
+
+@dataclass(frozen=True)
+class StoredMedia:
+    id: uuid.UUID
+    sha256: str
+    size_bytes: int
+    content_type: str
+    storage_key: str
+    created: bool  # True when this upload made the media live (new row, or a deleted one revived)
+    original_name: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredArtifact:
+    id: uuid.UUID
+    job_id: uuid.UUID
+    kind: str
+    storage_key: str
+    size_bytes: int
+    sha256: str
+    content_type: str
+    expires_at: datetime | None
+
+
+@dataclass
+class OpenedFile:
+    """An open file ready to stream; it stays readable even if retention unlinks it now.
+
+    Iterate ``chunks()`` exactly once (it closes the file), or call ``close()``.
+    """
+
+    storage_key: str
+    sha256: str
+    size_bytes: int
+    content_type: str
+    _storage: Storage = field(repr=False)
+    _fd: int = field(repr=False)
+
+    async def chunks(self, chunk_size: int | None = None) -> AsyncIterator[bytes]:
+        fd, self._fd = self._fd, -1
+        if fd < 0:
+            raise RuntimeError("file already consumed or closed")
+        async with aclosing(self._storage.read_chunks(fd, chunk_size)) as stream:
+            async for data in stream:
+                yield data
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+def clean_content_type(value: str | None) -> str:
+    """The client's content type if it looks like ``type/subtype[; params]``, else a default."""
+    if value and len(value) <= 255 and _CONTENT_TYPE.fullmatch(value.strip()):
+        return value.strip()
+    return DEFAULT_CONTENT_TYPE
+
+
+def clean_original_name(value: str | None) -> str | None:
+    """Metadata only (never part of a path): control characters dropped, length capped."""
+    if not value:
+        return None
+    cleaned = _CONTROL.sub("", value).strip()[:1024]
+    return cleaned or None
+
+
+class MediaStore:
+    """What the HTTP layer calls for file bytes: uploads, artifacts and streaming reads."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        storage: Storage,
+        retention: RetentionSettings,
+    ) -> None:
+        self.sessions = sessions
+        self.storage = storage
+        self.retention = retention
+
+    @property
+    def _uploads_ttl(self) -> timedelta:
+        return timedelta(days=self.retention.uploads_days)
+
+    # ---- uploads
+
+    async def register_upload(
+        self,
+        chunks: AsyncIterable[bytes],
+        *,
+        content_type: str | None = None,
+        original_name: str | None = None,
+        max_bytes: int | None = None,
+    ) -> StoredMedia:
+        """Store an upload once per distinct content and upsert its ``media_files`` row.
+
+        Raises ``UploadTooLargeError`` (413), ``StorageUnavailableError`` (507); the tmp
+        file never outlives the call unless it became the stored file.
+        """
+        async with self.storage.stage(chunks, max_bytes=max_bytes) as staged:
+            return await self.register_staged(
+                staged, content_type=content_type, original_name=original_name
+            )
+
+    async def register_staged(
+        self,
+        staged: StagedFile,
+        *,
+        content_type: str | None = None,
+        original_name: str | None = None,
+    ) -> StoredMedia:
+        """The transactional half of ``register_upload`` for a caller that staged the bytes
+        itself (e.g. to analyse the tmp file first): lock, upsert, place, commit.
+
+        Call it inside the ``storage.stage()`` block, before placing the file yourself.
+        """
+        key = upload_key(staged.sha256)
+        async with self.sessions.begin() as session:
+            await lock_storage_key(session, key)
+            before = (
+                await session.execute(
+                    select(MediaFile.deleted_at)
+                    .where(MediaFile.sha256 == staged.sha256)
+                    .with_for_update()
+                )
+            ).one_or_none()
+            row = await self._upsert_media(
+                session,
+                staged.sha256,
+                staged.size_bytes,
+                key,
+                clean_content_type(content_type),
+                clean_original_name(original_name),
+            )
+            await self.storage.place(staged, key)
+        return StoredMedia(
+            id=row.id,
+            sha256=staged.sha256,
+            size_bytes=staged.size_bytes,
+            content_type=row.content_type,
+            storage_key=key,
+            created=before is None or before.deleted_at is not None,
+            original_name=row.original_name,
+        )
+
+    async def _upsert_media(
+        self,
+        session: AsyncSession,
+        sha256: str,
+        size: int,
+        key: str,
+        content_type: str,
+        original_name: str | None,
+    ) -> Row[uuid.UUID, str, str | None]:
+        stmt = insert(MediaFile).values(
+            id=uuid.uuid4(),
+            sha256=sha256,
+            size_bytes=size,
+            content_type=content_type,
+            original_name=original_name,
+            storage_key=key,
+            expires_at=func.now() + self._uploads_ttl,
+        )
+        revived = MediaFile.deleted_at.is_not(None)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[MediaFile.sha256],
+            set_={
+                "last_accessed_at": func.now(),
+                "expires_at": func.now() + self._uploads_ttl,
+                "deleted_at": None,
+                "size_bytes": stmt.excluded.size_bytes,
+                "storage_key": stmt.excluded.storage_key,
+                "content_type": case(
+                    (revived, stmt.excluded.content_type), else_=MediaFile.content_type
+                ),
+                "original_name": case(
+                    (revived, stmt.excluded.original_name), else_=MediaFile.original_name
+                ),
+            },
+        )
+        returning = stmt.returning(MediaFile.id, MediaFile.content_type, MediaFile.original_name)
+        return (await session.execute(returning)).one()
+
+    async def open_media(self, sha256: str) -> OpenedFile:
+        """Open a live upload for streaming and record the access (extends its retention).
+
+        The access time is written at most every ``touch_interval_s`` per file. Raises
+        ``StorageKeyError`` (400) for a malformed digest, ``MediaNotFoundError`` (404).
+        """
+        upload_key(sha256)  # validates the digest before it reaches SQL or a path
+        interval = timedelta(seconds=self.retention.touch_interval_s)
+        live = (MediaFile.sha256 == sha256, MediaFile.deleted_at.is_(None))
+        async with self.sessions.begin() as session:
+            touched = await session.execute(
+                update(MediaFile)
+                .where(*live, MediaFile.last_accessed_at <= func.now() - interval)
+                .values(last_accessed_at=func.now(), expires_at=func.now() + self._uploads_ttl)
+                .returning(MediaFile.storage_key, MediaFile.size_bytes, MediaFile.content_type)
+            )
+            row = touched.one_or_none()
+            if row is None:
+                row = (
+                    await session.execute(
+                        select(
+                            MediaFile.storage_key, MediaFile.size_bytes, MediaFile.content_type
+                        ).where(*live)
+                    )
+                ).one_or_none()
+        if row is None:
+            raise MediaNotFoundError(f"no media {sha256}")
+        return await self._open(row.storage_key, sha256, row.size_bytes, row.content_type)
+
+    # ---- artifacts
+
+    async def store_artifact(
+        self,
+        job_id: uuid.UUID,
+        kind: str,
+        ext: str,
+        chunks: AsyncIterable[bytes],
+        content_type: str | None = None,
+        *,
+        max_bytes: int | None = None,
+    ) -> StoredArtifact:
+        """Write ``artifacts/<today>/<job_id>/<kind>.<ext>`` and upsert its row.
+
+        Storing the same job/kind/ext again on the same (UTC) day replaces the file
+        atomically. Raises ``JobNotFoundError`` for an unknown job, ``StorageKeyError`` for a
+        bad kind/ext, plus the storage errors of ``register_upload``.
+        """
+        key = artifact_key(job_id, kind, ext, datetime.now(UTC).date())
+        ttl = timedelta(days=self.retention.artifacts_days)
+        ctype = clean_content_type(content_type)
+        try:
+            async with (
+                self.storage.stage(chunks, max_bytes=max_bytes) as staged,
+                self.sessions.begin() as session,
+            ):
+                await lock_storage_key(session, key)
+                stmt = insert(Artifact).values(
+                    id=uuid.uuid4(),
+                    job_id=job_id,
+                    kind=kind,
+                    storage_key=key,
+                    size_bytes=staged.size_bytes,
+                    sha256=staged.sha256,
+                    content_type=ctype,
+                    expires_at=func.now() + ttl,
+                )
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=[Artifact.storage_key],
+                    set_={
+                        "size_bytes": stmt.excluded.size_bytes,
+                        "sha256": stmt.excluded.sha256,
+                        "content_type": stmt.excluded.content_type,
+                        "created_at": func.now(),
+                        "expires_at": stmt.excluded.expires_at,
+                        "deleted_at": None,
+                    },
+                )
+                returning = stmt.returning(Artifact.id, Artifact.expires_at)
+                row = (await session.execute(returning)).one()
+                await self.storage.place(staged, key, replace=True)
+        except IntegrityError as exc:
+            if getattr(exc.orig, "sqlstate", None) == _FK_VIOLATION:
+                raise JobNotFoundError(str(job_id)) from None
+            raise
+        return StoredArtifact(
+            id=row.id,
+            job_id=job_id,
+            kind=kind,
+            storage_key=key,
+            size_bytes=staged.size_bytes,
+            sha256=staged.sha256,
+            content_type=ctype,
+            expires_at=row.expires_at,
+        )
+
+    async def open_artifact(self, artifact_id: uuid.UUID) -> OpenedFile:
+        """Open a live artifact for streaming; ``MediaNotFoundError`` when there is none."""
+        async with self.sessions() as session:
+            row = (
+                await session.execute(
+                    select(
+                        Artifact.storage_key,
+                        Artifact.sha256,
+                        Artifact.size_bytes,
+                        Artifact.content_type,
+                    ).where(Artifact.id == artifact_id, Artifact.deleted_at.is_(None))
+                )
+            ).one_or_none()
+        if row is None:
+            raise MediaNotFoundError(f"no artifact {artifact_id}")
+        return await self._open(row.storage_key, row.sha256, row.size_bytes, row.content_type)
+
+    async def _open(self, key: str, sha256: str, size: int, content_type: str) -> OpenedFile:
+        try:
+            fd = await in_thread(self.storage.open_read, key)
+        except StoredFileMissingError:
+            # a live row whose file is gone: retention's "missing" policy will mark it
+            raise MediaNotFoundError(f"file missing for {key}") from None
+        return OpenedFile(key, sha256, size, content_type, self.storage, fd)
+
+
+async def lock_storage_key(session: AsyncSession, key: str) -> None:
+    """Hold, until the transaction ends, the lock that orphan reconciliation takes before it
+    removes a file without a live row: any code that makes a row live for an existing file
+    (an upsert, an outbox replay) must take it, then check that the file is still there."""
+    await session.execute(select(func.pg_advisory_xact_lock(key_lock_id(key))))

@@ -1,0 +1,922 @@
+"""Retention policies and the sweeper that applies them, auditing every deletion.
+
+Policies, applied in this order (``--policy`` picks a subset):
+
+``uploads``    live ``media_files`` whose ``expires_at`` passed (last access + uploads_days,
+               stamped by media.py on every upload and access); a row written without an
+               expiry (NULL) expires uploads_days after ``last_accessed_at``
+``artifacts``  live ``artifacts`` whose ``expires_at`` passed (creation + artifacts_days); NULL:
+               artifacts_days after ``created_at``
+``quota``      with ``quota_bytes`` set and live bytes above it: expired rows first, then the
+               least recently used (uploads by last access, artifacts by creation)
+``missing``    live rows whose file is gone: marked deleted, audited with reason "file missing"
+``orphans``    files under uploads/ and artifacts/ with no live row, older than orphan_grace_s
+``tmp``        files in tmp/ older than tmp_days that no live writer holds
+
+A stamped ``expires_at`` wins: changing uploads_days or artifacts_days applies to such a row
+the next time it is written or accessed.
+
+Rows: one transaction per batch locks rows with ``FOR UPDATE SKIP LOCKED``, unlinks their files
+(an already missing file is fine), marks them deleted and inserts their audit rows, then commits.
+A crash before the commit leaves rows live whose files may be gone; the rerun selects them again
+(they are still expired), tolerates the missing files and commits the mark and the audit once.
+Concurrent sweepers never see the same locked row, and a row committed as deleted no longer
+matches, so each deletion is audited exactly once. Uploads wait on the same row lock.
+
+Loose files (orphans, tmp): per batch, session advisory locks on the keys (shared with uploads),
+a re-check (still no live row, still there), the audit rows are committed, *then* the files are
+unlinked, then the locks are released. A crash after the audit commit leaves a file whose audit
+row is newer than the file, and the rerun only unlinks it. Analysis history (``analysis_jobs``,
+``analysis_results``) is never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import enum
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from itertools import islice
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    and_,
+    false,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    union_all,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app_patch.errors import OperatorError
+from app_patch.models import Artifact, MediaFile, RetentionEvent
+from app_patch.settings import RetentionSettings, Settings
+from app_patch.storage import (
+    ARTIFACTS,
+    TMP,
+    UPLOADS,
+    FileEntry,
+    Storage,
+    StorageError,
+    StorageKeyError,
+    StorageUnavailableError,
+    in_thread,
+    key_lock_id,
+    sha256_of_upload_key,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_MAX_ERRORS_KEPT = 20
+_ARTIFACT_DIR_KEEP_DAYS = 2  # empty artifact folders of recent days stay: writers use them
+_RECONCILE_MIN = 100  # reconciliation may always remove this many, whatever the fraction
+
+
+class Policy(enum.StrEnum):
+    uploads = "uploads"
+    artifacts = "artifacts"
+    quota = "quota"
+    missing = "missing"
+    orphans = "orphans"
+    tmp = "tmp"
+
+
+ALL_POLICIES: tuple[Policy, ...] = tuple(Policy)
+
+
+class ObjectType(enum.StrEnum):
+    """``retention_events.object_type`` values."""
+
+    media_file = "media_file"
+    artifact = "artifact"
+    orphan_file = "orphan_file"
+    tmp_file = "tmp_file"
+
+
+class UnknownPolicyError(OperatorError, ValueError):
+    pass
+
+
+def parse_policies(spec: str | Iterable[str] | None) -> tuple[Policy, ...]:
+    """``"uploads,tmp"`` (or a list) -> policies in application order; empty means all."""
+    names = spec.split(",") if isinstance(spec, str) else list(spec or ())
+    wanted = {name.strip().lower() for name in names if name.strip()}
+    unknown = sorted(wanted - set(Policy))
+    if unknown:
+        raise UnknownPolicyError(
+            f"unknown retention policy {', '.join(map(repr, unknown))}; "
+            f"choose from: {', '.join(ALL_POLICIES)}"
+        )
+    return tuple(p for p in ALL_POLICIES if p in wanted) if wanted else ALL_POLICIES
+
+
+@dataclass
+class PolicyTotals:
+    objects: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class SweepReport:
+    dry_run: bool
+    policies: dict[Policy, PolicyTotals]
+    skipped: int = 0  # held by another sweeper/writer, or not old enough yet
+    errors: list[str] = field(default_factory=list)
+    error_count: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def total_objects(self) -> int:
+        return sum(t.objects for t in self.policies.values())
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.bytes for t in self.policies.values())
+
+    def add(self, policy: Policy, objects: int, nbytes: int) -> None:
+        totals = self.policies[policy]
+        totals.objects += objects
+        totals.bytes += nbytes
+
+    def error(self, message: str) -> None:
+        self.error_count += 1
+        if len(self.errors) < _MAX_ERRORS_KEPT:
+            self.errors.append(message)
+        log.warning("retention: %s", message)
+
+    def summary_rows(self) -> list[tuple[str, int, int]]:
+        """(policy, objects, bytes) per policy plus a ``total`` row, for tables."""
+        rows = [(p.value, t.objects, t.bytes) for p, t in self.policies.items()]
+        return [*rows, ("total", self.total_objects, self.total_bytes)]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "policies": {p.value: vars(t) for p, t in self.policies.items()},
+            "total_objects": self.total_objects,
+            "total_bytes": self.total_bytes,
+            "skipped": self.skipped,
+            "error_count": self.error_count,
+            "errors": self.errors,
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+
+ProgressCallback = Callable[[Policy, int, int | None], None]
+"""Called with (policy, objects done so far, expected total or None)."""
+
+
+@dataclass(frozen=True)
+class _RowKind:
+    model: type[MediaFile] | type[Artifact]
+    object_type: ObjectType
+    policy: Policy
+
+
+_MEDIA = _RowKind(MediaFile, ObjectType.media_file, Policy.uploads)
+_ARTIFACTS = _RowKind(Artifact, ObjectType.artifact, Policy.artifacts)
+
+
+@dataclass(frozen=True)
+class _Victim:
+    kind: _RowKind
+    id: uuid.UUID
+    key: str
+    size: int
+    reason: str
+
+
+class Sweeper:
+    """Applies the policies to one database and one storage root."""
+
+    def __init__(self, engine: AsyncEngine, storage: Storage, settings: RetentionSettings) -> None:
+        self.engine = engine
+        self.storage = storage
+        self.settings = settings
+
+    async def sweep(
+        self,
+        *,
+        dry_run: bool = False,
+        policies: Sequence[Policy] | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> SweepReport:
+        selected = tuple(p for p in ALL_POLICIES if policies is None or p in policies)
+        # a dry run's connections are READ ONLY: PostgreSQL itself refuses any write
+        engine = self.engine.execution_options(postgresql_readonly=True) if dry_run else None
+        run = _Run(self, engine, dry_run, on_progress or (lambda *_: None), selected)
+        started = time.monotonic()
+        for policy in selected:
+            await run.apply(policy)
+        if not dry_run and {Policy.artifacts, Policy.orphans} & set(selected):
+            await in_thread(self.storage.prune_empty_dirs, ARTIFACTS, _recent_artifact_dir)
+        run.report.elapsed_s = time.monotonic() - started
+        return run.report
+
+
+class _Run:
+    """The state of one sweep."""
+
+    def __init__(
+        self,
+        sweeper: Sweeper,
+        engine: AsyncEngine | None,
+        dry_run: bool,
+        progress: ProgressCallback,
+        selected: tuple[Policy, ...],
+    ) -> None:
+        self.engine = engine or sweeper.engine
+        self.storage = sweeper.storage
+        self.settings = sweeper.settings
+        self.dry_run = dry_run
+        self.progress = progress
+        self.selected = selected
+        self.batch = self.settings.batch_size
+        self.report = SweepReport(dry_run, {p: PolicyTotals() for p in selected})
+
+    async def apply(self, policy: Policy) -> None:
+        if policy is Policy.uploads:
+            await self.expired(_MEDIA)
+        elif policy is Policy.artifacts:
+            await self.expired(_ARTIFACTS)
+        elif policy is Policy.quota:
+            await self.quota()
+        elif policy is Policy.missing:
+            await self.missing()
+        elif policy is Policy.orphans:
+            await self.loose_files(Policy.orphans, (UPLOADS, ARTIFACTS))
+        else:
+            await self.loose_files(Policy.tmp, (TMP,))
+
+    async def pause(self) -> None:
+        if self.settings.batch_pause_s:
+            await asyncio.sleep(self.settings.batch_pause_s)
+
+    # ---------------------------------------------------------- expired rows
+
+    async def expired(self, kind: _RowKind) -> None:
+        model = kind.model
+        where = (model.deleted_at.is_(None), _expired(kind, self.settings))
+        async with self.engine.connect() as conn:
+            count, nbytes = (
+                await conn.execute(
+                    select(func.count(), func.coalesce(func.sum(model.size_bytes), 0)).where(*where)
+                )
+            ).one()
+        self.progress(kind.policy, 0, count)
+        if self.dry_run:
+            self.report.add(kind.policy, count, int(nbytes))
+            self.progress(kind.policy, count, count)
+            return
+        failed: set[uuid.UUID] = set()
+        done = 0
+        for _ in range(count // self.batch + 2):
+            async with self.engine.begin() as conn:
+                query = (
+                    select(model.id, model.storage_key, model.size_bytes)
+                    .where(*where)
+                    .limit(self.batch)
+                    .with_for_update(skip_locked=True)
+                )
+                if failed:
+                    query = query.where(model.id.not_in(failed))
+                rows = (await conn.execute(query)).all()
+                if not rows:
+                    break
+                victims = [
+                    _Victim(kind, r.id, r.storage_key, r.size_bytes, "expired") for r in rows
+                ]
+                deleted = await self.delete_rows(conn, kind.policy, victims, failed)
+            done += deleted
+            self.progress(kind.policy, done, count)
+            await self.pause()
+
+    async def delete_rows(
+        self,
+        conn: AsyncConnection,
+        policy: Policy,
+        victims: list[_Victim],
+        failed: set[uuid.UUID],
+    ) -> int:
+        """Unlink the files of locked rows, then mark them deleted and audit them (same txn)."""
+        outcomes = await in_thread(self._unlink_all, [v.key for v in victims])
+        done: list[_Victim] = []
+        unavailable = 0
+        for victim, outcome in zip(victims, outcomes, strict=True):
+            if isinstance(outcome, StorageError):
+                failed.add(victim.id)
+                unavailable += isinstance(outcome, StorageUnavailableError)
+                self.report.error(f"{victim.kind.object_type} {victim.id}: {outcome}")
+                continue
+            note = "" if outcome or policy is Policy.missing else " (file was already gone)"
+            done.append(
+                _Victim(victim.kind, victim.id, victim.key, victim.size, victim.reason + note)
+            )
+        if unavailable and not done:
+            raise StorageUnavailableError(f"storage unavailable: {self.report.errors[-1]}")
+        for kind in {v.kind for v in done}:
+            ids = [v.id for v in done if v.kind == kind]
+            await conn.execute(
+                update(kind.model).where(kind.model.id.in_(ids)).values(deleted_at=func.now())
+            )
+        if done:
+            await conn.execute(
+                insert(RetentionEvent),
+                [
+                    {
+                        "object_type": v.kind.object_type.value,
+                        "object_id": str(v.id),
+                        "storage_key": v.key,
+                        "bytes_freed": v.size,
+                        "policy": policy.value,
+                        "reason": v.reason,
+                    }
+                    for v in done
+                ],
+            )
+        self.report.add(policy, len(done), sum(v.size for v in done))
+        return len(done)
+
+    def _unlink_all(self, keys: list[str]) -> list[bool | StorageError]:
+        """Per key: True removed, False already gone, or the refusal/failure."""
+        results: list[bool | StorageError] = []
+        for key in keys:
+            try:
+                results.append(self.storage.remove(key))
+            except StorageError as exc:
+                results.append(exc)
+        return results
+
+    # ---------------------------------------------------------- quota
+
+    async def quota(self) -> None:
+        limit = self.settings.quota_bytes
+        if limit is None:
+            self.progress(Policy.quota, 0, 0)
+            return
+        async with self.engine.connect() as conn:
+            used, live = await _live_totals(conn)
+            if self.dry_run:
+                # bytes the expiry policies of this same run would free do not count
+                for kind in (_MEDIA, _ARTIFACTS):
+                    if kind.policy in self.selected:
+                        used -= self.report.policies[kind.policy].bytes
+        excess = used - limit
+        self.progress(Policy.quota, 0, None)
+        if excess <= 0:
+            return
+        reason = f"over quota ({used} > {limit} bytes)"
+        skip_expired = self.dry_run and bool(
+            {Policy.uploads, Policy.artifacts} & set(self.selected)
+        )
+        passed: set[uuid.UUID] = set()  # locked by another sweeper: not candidates again
+        freed = 0
+        for page in range(live // self.batch + 2):
+            if freed >= excess:
+                break
+            async with self.engine.begin() as conn:
+                candidates = await _quota_candidates(
+                    conn, self.settings, self.batch, passed, page if self.dry_run else None
+                )
+                if not candidates:
+                    break
+                if self.dry_run:
+                    for c in candidates:
+                        if freed >= excess:
+                            break
+                        if skip_expired and c.expired:
+                            continue
+                        freed += c.size_bytes
+                        self.report.add(Policy.quota, 1, c.size_bytes)
+                    continue
+                locked = await _lock_candidates(conn, candidates)
+                victims: list[_Victim] = []
+                for c in candidates:
+                    if freed >= excess:
+                        break
+                    if c.id not in locked:
+                        self.report.skipped += 1
+                        passed.add(c.id)
+                        continue
+                    kind = _MEDIA if c.src == "m" else _ARTIFACTS
+                    why = "expired" if c.expired else "least recently used"
+                    victims.append(
+                        _Victim(kind, c.id, c.storage_key, c.size_bytes, f"{reason}; {why}")
+                    )
+                    freed += c.size_bytes
+                await self.delete_rows(conn, Policy.quota, victims, set())
+            self.progress(Policy.quota, self.report.policies[Policy.quota].objects, None)
+            await self.pause()
+
+    # ---------------------------------------------------------- reconciliation guard
+
+    async def guard_limit(self) -> int:
+        """How many rows/files reconciliation may remove in one run before it refuses.
+
+        A wrong MA_STORAGE_ROOT makes every row look "missing" and a wrong database makes
+        every file look "orphaned"; both scan first and refuse above this, removing nothing.
+        """
+        fraction = self.settings.reconcile_max_fraction
+        if fraction >= 1:
+            return sys.maxsize  # the operator disabled the guard
+        async with self.engine.connect() as conn:
+            _, live = await _live_totals(conn)
+        return max(_RECONCILE_MIN, int(live * fraction))
+
+    def refuse(self, policy: Policy, found: int, limit: int) -> None:
+        self.report.error(
+            f"{policy}: refused, {found}+ objects would go (limit {limit}); check "
+            "MA_STORAGE_ROOT and the database URL, or raise MA_RETENTION_RECONCILE_MAX_FRACTION"
+        )
+
+    # ---------------------------------------------------------- rows without files
+
+    async def missing(self) -> None:
+        """Scan every live row for its file, then mark the ones without (unless refused)."""
+        limit = await self.guard_limit()
+        found: dict[_RowKind, list[uuid.UUID]] = {_MEDIA: [], _ARTIFACTS: []}
+        checked = 0
+        async with self.engine.connect() as conn:
+            total = sum([await _live_count(conn, kind.model) for kind in found])
+        for kind, gone in found.items():
+            async for page in self._live_pages(kind, total):
+                gone.extend(await in_thread(self._without_file, page))
+                checked += len(page)
+                self.progress(Policy.missing, checked, total)
+                if sum(map(len, found.values())) > limit:
+                    self.refuse(Policy.missing, sum(map(len, found.values())), limit)
+                    return
+        if self.dry_run:
+            self.report.add(Policy.missing, sum(map(len, found.values())), 0)
+            return
+        for kind, gone in found.items():
+            for start in range(0, len(gone), self.batch):
+                await self._mark_missing(kind, gone[start : start + self.batch])
+                await self.pause()
+
+    async def _live_pages(
+        self, kind: _RowKind, total: int
+    ) -> AsyncIterator[list[Row[uuid.UUID, str]]]:
+        """Live (id, storage_key) rows in id order, a batch at a time (keyset pagination)."""
+        model = kind.model
+        last: uuid.UUID | None = None
+        for _ in range(total // self.batch + 2):
+            query = (
+                select(model.id, model.storage_key)
+                .where(model.deleted_at.is_(None))
+                .order_by(model.id)
+                .limit(self.batch)
+            )
+            if last is not None:
+                query = query.where(model.id > last)
+            async with self.engine.connect() as conn:
+                page = list((await conn.execute(query)).all())
+            if not page:
+                return
+            last = page[-1].id
+            yield page
+
+    def _without_file(self, rows: Sequence[Row[uuid.UUID, str]]) -> list[uuid.UUID]:
+        gone: list[uuid.UUID] = []
+        for row in rows:
+            try:
+                if not self.storage.exists(row.storage_key):
+                    gone.append(row.id)
+            except StorageKeyError as exc:
+                self.report.error(f"row {row.id}: {exc}")
+        return gone
+
+    async def _mark_missing(self, kind: _RowKind, ids: list[uuid.UUID]) -> None:
+        model = kind.model
+        async with self.engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(model.id, model.storage_key)
+                    .where(model.id.in_(ids), model.deleted_at.is_(None))
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            self.report.skipped += len(ids) - len(rows)
+            still_gone = set(await in_thread(self._without_file, rows))  # stable: rows locked
+            victims = [
+                _Victim(kind, r.id, r.storage_key, 0, "file missing")
+                for r in rows
+                if r.id in still_gone
+            ]
+            await self.delete_rows(conn, Policy.missing, victims, set())
+
+    # ---------------------------------------------------------- loose files
+
+    async def loose_files(self, policy: Policy, areas: tuple[str, ...]) -> None:
+        """Scan the areas for old files without a live row, then audit and remove them."""
+        tmp = policy is Policy.tmp
+        grace = self.settings.tmp_days * 86400 if tmp else self.settings.orphan_grace_s
+        limit = None if tmp else await self.guard_limit()
+        cutoff = time.time() - grace
+        found: list[FileEntry] = []
+        seen = 0
+        for area in areas:
+            files = self.storage.iter_files(area)
+            for _ in range(1 << 40):  # bounded by the files in the area
+                chunk = await in_thread(_take, files, self.batch)
+                if not chunk:
+                    break
+                seen += len(chunk)
+                old = [f for f in chunk if _age_mark(policy, f) <= cutoff]
+                self.report.skipped += len(chunk) - len(old)
+                if old:
+                    async with self.engine.connect() as conn:
+                        unreferenced = await _without_live_row(conn, [f.key for f in old])
+                    found.extend(f for f in old if f.key in unreferenced)
+                self.progress(policy, seen, None)
+                if limit is not None and len(found) > limit:
+                    self.refuse(policy, len(found), limit)
+                    return
+        if self.dry_run:
+            free = await in_thread(self._not_held, found) if tmp else found
+            self.report.add(policy, len(free), sum(f.size for f in free))
+            return
+        object_type = ObjectType.tmp_file if tmp else ObjectType.orphan_file
+        for start in range(0, len(found), self.batch):
+            async with self.engine.connect() as conn:
+                batch = found[start : start + self.batch]
+                await _LooseBatch(self, conn, policy, object_type, batch, cutoff).run()
+            await self.pause()
+
+    def _not_held(self, files: list[FileEntry]) -> list[FileEntry]:
+        """The tmp files that no live writer holds (flock probe)."""
+        free: list[FileEntry] = []
+        for entry in files:
+            fd = self.storage.lock_tmp(entry.key)
+            if fd is not None:
+                free.append(entry)
+                _close(fd)
+        return free
+
+
+class _LooseBatch:
+    """Audit-then-unlink of files that have no row, under session advisory locks."""
+
+    def __init__(
+        self,
+        run: _Run,
+        conn: AsyncConnection,
+        policy: Policy,
+        object_type: ObjectType,
+        files: list[FileEntry],
+        cutoff: float,
+    ) -> None:
+        self.run_ = run
+        self.conn = conn
+        self.policy = policy
+        self.object_type = object_type
+        self.files = files
+        self.cutoff = cutoff
+        self.locked: list[int] = []
+        self.tmp_fds: list[int] = []
+
+    async def run(self) -> None:
+        conn = self.conn
+        by_lock = {key_lock_id(f.key): f for f in self.files}
+        try:
+            got = await conn.execute(
+                text(
+                    "SELECT k FROM unnest(CAST(:ids AS bigint[])) AS k"
+                    " WHERE pg_try_advisory_lock(k)"
+                ),
+                {"ids": list(by_lock)},
+            )
+            self.locked = [int(k) for k in got.scalars()]
+            await conn.commit()
+            mine = [by_lock[k] for k in self.locked]
+            self.run_.report.skipped += len(self.files) - len(mine)
+            await self._reap(mine)
+        finally:
+            await self._release()
+
+    async def _reap(self, mine: list[FileEntry]) -> None:
+        conn, report = self.conn, self.run_.report
+        # re-check under the locks: no live row (committed), file still there and still old
+        orphans = await _without_live_row(conn, [f.key for f in mine])
+        current = await in_thread(self._restat, [f for f in mine if f.key in orphans])
+        audited = await _audit_times(conn, self.object_type, [f.key for f in current])
+        new = [f for f in current if audited.get(f.key, -1.0) < f.changed_at]
+        if new:
+            reason = (
+                "in tmp/ longer than the policy"
+                if self.policy is Policy.tmp
+                else ("orphan file: no live row references it")
+            )
+            await conn.execute(
+                insert(RetentionEvent),
+                [
+                    {
+                        "object_type": self.object_type.value,
+                        "object_id": f.key,
+                        "storage_key": f.key,
+                        "bytes_freed": f.size,
+                        "policy": self.policy.value,
+                        "reason": reason,
+                    }
+                    for f in new
+                ],
+            )
+        await conn.commit()  # audit first: a crash from here on leaves only an unlink to redo
+        outcomes = await in_thread(self.run_._unlink_all, [f.key for f in current])
+        for entry, outcome in zip(current, outcomes, strict=True):
+            if isinstance(outcome, StorageError):
+                report.error(f"{entry.key}: {outcome}")
+            elif outcome:
+                report.add(self.policy, 1, entry.size)
+
+    def _restat(self, files: list[FileEntry]) -> list[FileEntry]:
+        keep: list[FileEntry] = []
+        for entry in files:
+            try:
+                now = self.run_.storage.stat_key(entry.key)
+            except StorageKeyError as exc:
+                self.run_.report.error(f"{entry.key}: {exc}")
+                continue
+            if now is None or _age_mark(self.policy, now) > self.cutoff:
+                continue
+            if self.policy is Policy.tmp:
+                fd = self.run_.storage.lock_tmp(entry.key)
+                if fd is None:  # a live writer holds it
+                    self.run_.report.skipped += 1
+                    continue
+                self.tmp_fds.append(fd)
+            keep.append(now)
+        return keep
+
+    async def _release(self) -> None:
+        for fd in self.tmp_fds:
+            _close(fd)
+        if not self.locked:
+            return
+        try:
+            await self.conn.rollback()
+            await self.conn.execute(
+                text("SELECT pg_advisory_unlock(k) FROM unnest(CAST(:ids AS bigint[])) AS k"),
+                {"ids": self.locked},
+            )
+            await self.conn.commit()
+        except Exception:
+            await self.conn.invalidate()  # never pool a connection that may keep the locks
+            raise
+
+
+# ---------------------------------------------------------------- queries
+
+
+async def _live_count(conn: AsyncConnection, model: type[MediaFile] | type[Artifact]) -> int:
+    return int(await conn.scalar(select(func.count()).where(model.deleted_at.is_(None))) or 0)
+
+
+async def _live_totals(conn: AsyncConnection) -> tuple[int, int]:
+    """(bytes, rows) of live media files and artifacts together."""
+    total_bytes, total_rows = 0, 0
+    for model in (MediaFile, Artifact):
+        nbytes, rows = (
+            await conn.execute(
+                select(func.coalesce(func.sum(model.size_bytes), 0), func.count()).where(
+                    model.deleted_at.is_(None)
+                )
+            )
+        ).one()
+        total_bytes += int(nbytes)
+        total_rows += int(rows)
+    return total_bytes, total_rows
+
+
+def _expired(kind: _RowKind, settings: RetentionSettings) -> ColumnElement[bool]:
+    """Past its stamped expiry, or (no stamp) past the policy since last use."""
+    if kind is _MEDIA:
+        used_at, ttl = MediaFile.last_accessed_at, timedelta(days=settings.uploads_days)
+    else:
+        used_at, ttl = Artifact.created_at, timedelta(days=settings.artifacts_days)
+    model = kind.model
+    return or_(
+        model.expires_at <= func.now(),
+        and_(model.expires_at.is_(None), used_at <= func.now() - ttl),
+    )
+
+
+async def _quota_candidates(
+    conn: AsyncConnection,
+    settings: RetentionSettings,
+    limit: int,
+    exclude: set[uuid.UUID],
+    page: int | None,
+) -> Sequence[Row[Any]]:
+    """Live rows of both tables, expired first, then least recently used."""
+    parts = []
+    for tag, kind, used_at in (
+        ("m", _MEDIA, MediaFile.last_accessed_at),
+        ("a", _ARTIFACTS, Artifact.created_at),
+    ):
+        model = kind.model
+        parts.append(
+            select(
+                literal(tag).label("src"),
+                model.id,
+                model.storage_key,
+                model.size_bytes,
+                func.coalesce(_expired(kind, settings), false()).label("expired"),
+                used_at.label("used_at"),
+            ).where(model.deleted_at.is_(None))
+        )
+    both = union_all(*parts).subquery()
+    query = select(both).order_by(both.c.expired.desc(), both.c.used_at, both.c.id).limit(limit)
+    if page is not None:  # dry run: nothing gets deleted, so page through
+        query = query.offset(page * limit)
+    elif exclude:
+        query = query.where(both.c.id.not_in(exclude))
+    return (await conn.execute(query)).all()
+
+
+async def _lock_candidates(conn: AsyncConnection, candidates: Sequence[Row[Any]]) -> set[uuid.UUID]:
+    locked: set[uuid.UUID] = set()
+    for tag, model in (("m", MediaFile), ("a", Artifact)):
+        ids = [c.id for c in candidates if c.src == tag]
+        if ids:
+            rows = await conn.execute(
+                select(model.id)
+                .where(model.id.in_(ids), model.deleted_at.is_(None))
+                .with_for_update(skip_locked=True)
+            )
+            locked.update(rows.scalars())
+    return locked
+
+
+async def _without_live_row(conn: AsyncConnection, keys: list[str]) -> set[str]:
+    """The keys that no live media file or artifact references (each lookup by an index:
+    canonical upload keys by sha256, artifact keys by storage_key)."""
+    by_sha = {sha: key for key in keys if (sha := sha256_of_upload_key(key))}
+    artifact_keys = [k for k in keys if k.startswith(f"{ARTIFACTS}/")]
+    odd = [k for k in keys if k not in by_sha.values() and k not in artifact_keys]
+    live: set[str] = set()
+    if by_sha:
+        rows = await conn.execute(
+            select(MediaFile.sha256, MediaFile.storage_key).where(
+                MediaFile.sha256.in_(list(by_sha)), MediaFile.deleted_at.is_(None)
+            )
+        )
+        live.update(by_sha[r.sha256] for r in rows if r.storage_key == by_sha[r.sha256])
+    for model, subset in ((Artifact, artifact_keys + odd), (MediaFile, odd)):
+        if subset:
+            found = await conn.execute(
+                select(model.storage_key).where(
+                    model.storage_key.in_(subset), model.deleted_at.is_(None)
+                )
+            )
+            live.update(found.scalars())
+    return set(keys) - live
+
+
+async def _audit_times(
+    conn: AsyncConnection, object_type: ObjectType, keys: list[str]
+) -> dict[str, float]:
+    """Latest audit time per key (epoch seconds)."""
+    if not keys:
+        return {}
+    rows = await conn.execute(
+        select(RetentionEvent.object_id, func.max(RetentionEvent.occurred_at))
+        .where(RetentionEvent.object_type == object_type.value, RetentionEvent.object_id.in_(keys))
+        .group_by(RetentionEvent.object_id)
+    )
+    return {key: when.timestamp() for key, when in rows}
+
+
+async def retention_totals(engine: AsyncEngine) -> dict[str, tuple[int, int]]:
+    """Per policy: (objects deleted, bytes freed) from the audit table, for metrics."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(
+                RetentionEvent.policy,
+                func.count(),
+                func.coalesce(func.sum(RetentionEvent.bytes_freed), 0),
+            ).group_by(RetentionEvent.policy)
+        )
+        return {policy: (int(n), int(b)) for policy, n, b in rows}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _age_mark(policy: Policy, entry: FileEntry) -> float:
+    """tmp/ ages by last write (an in-flight write is flock-protected anyway); orphans by
+    their last change, so a file just renamed onto its key looks new."""
+    return entry.modified_at if policy is Policy.tmp else entry.changed_at
+
+
+def _take(files: Iterator[FileEntry], n: int) -> list[FileEntry]:
+    return list(islice(files, n))
+
+
+def _close(fd: int) -> None:
+    with suppress(OSError):
+        os.close(fd)
+
+
+def _recent_artifact_dir(key: str) -> bool:
+    """Keep folders that may hold a day >= today - 2 (writers create them without locks)."""
+    cutoff = datetime.now(UTC).date() - timedelta(days=_ARTIFACT_DIR_KEEP_DAYS)
+    parts = key.split("/")[1:4]
+    try:
+        numbers = tuple(int(p) for p in parts)
+    except ValueError:
+        return True  # not the dated layout: leave it alone
+    if not numbers:
+        return True
+    start = (cutoff.year, cutoff.month, cutoff.day)[: len(numbers)]
+    if len(numbers) == 3:
+        try:
+            return date(*numbers) >= cutoff
+        except ValueError:
+            return True
+    return numbers >= start
+
+
+# ---------------------------------------------------------------- entry points
+
+
+async def run_sweep(
+    settings: Settings,
+    url: str,
+    *,
+    dry_run: bool = False,
+    policies: Sequence[Policy] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> SweepReport:
+    """Sweep the configured database and storage root (what ``invoke retention`` runs).
+
+    A dry run builds the store without ``open()``: nothing is created, probed or cleaned. A
+    real run does not clean tmp/ on open either: its ``tmp`` policy removes old leftovers
+    with an audit row, so a dry run announces exactly what the real run does.
+    """
+    from app_patch.db import engine_scope
+
+    if dry_run:
+        storage = Storage(settings.storage)
+    else:
+        storage = await Storage.open(settings.storage, clean_tmp=False)
+    async with engine_scope(settings.db, url) as engine:
+        sweeper = Sweeper(engine, storage, settings.retention)
+        return await sweeper.sweep(dry_run=dry_run, policies=policies, on_progress=on_progress)
+
+
+def sweep_configured(
+    settings: Settings,
+    url: str,
+    *,
+    dry_run: bool = False,
+    policies: Sequence[Policy] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> SweepReport:
+    """``run_sweep`` for command lines: an unusable store becomes a one-line ``OperatorError``."""
+    try:
+        return asyncio.run(
+            run_sweep(settings, url, dry_run=dry_run, policies=policies, on_progress=on_progress)
+        )
+    except StorageUnavailableError as exc:
+        raise OperatorError(str(exc)) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m app_patch.retention [--dry-run] [--policy NAMES]``: prints the report as JSON."""
+    from app_patch.bootstrap import database_url
+    from app_patch.errors import one_line_errors
+    from app_patch.settings import get_settings
+
+    parser = argparse.ArgumentParser(prog="python -m app_patch.retention")
+    parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--policy", default="")
+    args = parser.parse_args(argv)
+    with one_line_errors():
+        policies = parse_policies(args.policy)
+        settings = get_settings()
+        url = database_url(settings)
+        report = sweep_configured(settings, url, dry_run=args.dry_run, policies=policies)
+    print(json.dumps(report.as_dict()))
+    return 1 if report.error_count else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
