@@ -7,6 +7,7 @@ Redis from a local ``redis-server`` binary when one is installed. Both keep thei
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -25,6 +26,9 @@ EMBEDDED_DB_NAME = "media_analysis"
 
 class EmbeddedServerError(RuntimeError):
     """An embedded server could not be started or stopped."""
+
+
+logging.getLogger("pgserver").setLevel(logging.WARNING)  # its INFO lines narrate every call
 
 
 def _import_pgserver() -> Any:

@@ -11,7 +11,7 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import IO, Any
 
 import structlog
 
@@ -36,7 +36,19 @@ def redact_secrets(
     return event_dict
 
 
-def configure_logging(*, json: bool, level: str = "INFO") -> None:
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at emit time (test runners swap and close it)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def configure_logging(*, json: bool, level: str = "INFO", stream: IO[str] | None = None) -> None:
     """Idempotent: route stdlib and structlog records through one renderer."""
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -65,7 +77,7 @@ def configure_logging(*, json: bool, level: str = "INFO") -> None:
             renderer,
         ],
     )
-    handler = logging.StreamHandler()
+    handler: logging.Handler = StderrHandler() if stream is None else logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers = [handler]

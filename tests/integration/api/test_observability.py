@@ -95,9 +95,7 @@ def restore_logging() -> Iterator[None]:
 @pytest.mark.usefixtures("restore_logging")
 def test_logs_are_json_with_request_id_and_no_secrets() -> None:
     stream = io.StringIO()
-    configure_logging(json=True, level="INFO")
-    handler = logging.getLogger().handlers[0]
-    handler.stream = stream  # type: ignore[attr-defined]
+    configure_logging(json=True, level="INFO", stream=stream)
     import structlog
 
     structlog.contextvars.bind_contextvars(request_id="req-123")
