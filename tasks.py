@@ -132,3 +132,46 @@ ns = Collection(secrets, migrate, db_status, up, down, verify, serve, test)
 for infra_task in tasks_infra.TASKS:
     if infra_task.name not in {"up", "down"}:  # ours wrap them with migrate + verify
         ns.add_task(infra_task)
+
+
+@task(
+    help={
+        "dry_run": "report what would be deleted; change nothing on disk or in the database",
+        "policy": "only these, comma-separated: uploads,artifacts,quota,missing,orphans,tmp",
+    }
+)
+def retention(c: Context, dry_run: bool = False, policy: str = "") -> None:
+    """Apply retention: expired uploads/artifacts, quota, missing files, orphans, tmp; audited."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+
+    from app_patch import retention as sweep
+
+    with one_line_errors():
+        policies = sweep.parse_policies(policy)
+        settings = get_settings()
+        url = stack_ops.target_database_url()
+        columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn())
+        with Progress(*columns, console=console, transient=True) as bar:
+            bars: dict[str, TaskID] = {}
+
+            def on_progress(name: str, done: int, total: int | None) -> None:
+                if name not in bars:
+                    bars[name] = bar.add_task(name, total=total)
+                bar.update(bars[name], completed=done, total=total)
+
+            report = sweep.sweep_configured(
+                settings, url, dry_run=dry_run, policies=policies, on_progress=on_progress
+            )
+    title = "retention (dry run: would delete)" if dry_run else "retention: deleted"
+    table = Table("policy", "objects", "bytes", title=title)
+    for name, objects, nbytes in report.summary_rows():
+        table.add_row(name, str(objects), f"{nbytes:,}")
+    console.print(table)
+    if report.error_count:
+        console.print(f"[yellow]{report.error_count} problem(s); first ones:[/yellow]")
+        for line in report.errors:
+            console.print(f"  {line}")
+        raise Exit(code=1)
+
+
+ns.add_task(retention)
