@@ -279,8 +279,9 @@ class MediaStore:
         """Write ``artifacts/<today>/<job_id>/<kind>.<ext>`` and upsert its row.
 
         Storing the same job/kind/ext again on the same (UTC) day replaces the file
-        atomically. Raises ``JobNotFoundError`` for an unknown job, ``StorageKeyError`` for a
-        bad kind/ext, plus the storage errors of ``register_upload``.
+        atomically (if that COMMIT then fails, the row keeps the old size/sha256 until the
+        next store: the one known gap). Raises ``JobNotFoundError`` for an unknown job,
+        ``StorageKeyError`` for a bad kind/ext, plus the storage errors of ``register_upload``.
         """
         key = artifact_key(job_id, kind, ext, datetime.now(UTC).date())
         ttl = timedelta(days=self.retention.artifacts_days)

@@ -10,13 +10,20 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app_patch import repository as repo
 from app_patch.media import MediaNotFoundError, MediaStore
 from app_patch.repository import JobNotFoundError
-from app_patch.storage import Storage, StorageKeyError, UploadTooLargeError, upload_key
+from app_patch.storage import (
+    Storage,
+    StorageKeyError,
+    UploadTooLargeError,
+    key_lock_id,
+    upload_key,
+)
 from tests.conftest import libpq
 from tests.integration.test_storage_support import (
     chunks_of,
@@ -182,3 +189,49 @@ async def test_store_artifact_refusals(store: MediaStore, clean_db: str) -> None
             await store.store_artifact(uuid.uuid4(), kind, ext, chunks_of(b"x"))
     assert files_under(store.storage.root) == set()
     assert query(clean_db, "SELECT count(*) FROM artifacts") == [(0,)]
+
+
+async def test_upload_racing_a_sweeper_mid_batch_keeps_row_and_file(
+    store: MediaStore, session_factory: Sessions, clean_db: str
+) -> None:
+    """The sweeper holds the row lock, has unlinked the file, has not committed yet: a
+    re-upload of the same bytes waits on the lock, then revives the row and places the file."""
+    data = b"contended" * 1000
+    first = await store.register_upload(chunks_of(data))
+    async with session_factory.begin() as sweeper_tx:
+        await sweeper_tx.execute(
+            text("SELECT id FROM media_files WHERE id = :id FOR UPDATE SKIP LOCKED"),
+            {"id": first.id},
+        )
+        store.storage.remove(first.storage_key)
+        upload = asyncio.create_task(store.register_upload(chunks_of(data)))
+        await asyncio.sleep(0.3)
+        assert not upload.done(), "the upload waits for the sweeper's row lock"
+        await sweeper_tx.execute(
+            text("UPDATE media_files SET deleted_at = now() WHERE id = :id"), {"id": first.id}
+        )
+    again = await upload
+    assert again.id == first.id and again.created, "revived"
+    assert (store.storage.root / again.storage_key).read_bytes() == data
+    assert query(clean_db, "SELECT deleted_at FROM media_files") == [(None,)]
+
+
+async def test_upload_racing_orphan_reconciliation_keeps_its_file(
+    store: MediaStore, engine: AsyncEngine, clean_db: str
+) -> None:
+    """Reconciliation holds the key's advisory lock while it removes an orphan: an upload of
+    those bytes waits, then finds no file and places its own."""
+    data = b"was an orphan" * 100
+    key = upload_key(hashlib.sha256(data).hexdigest())
+    (store.storage.root / key).parent.mkdir(parents=True)
+    (store.storage.root / key).write_bytes(data)
+    async with engine.connect() as reaper:
+        await reaper.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key_lock_id(key)})
+        upload = asyncio.create_task(store.register_upload(chunks_of(data)))
+        await asyncio.sleep(0.3)
+        assert not upload.done(), "the upload waits for the reaper"
+        store.storage.remove(key)
+        await reaper.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key_lock_id(key)})
+        await reaper.commit()
+    media = await upload
+    assert media.created and (store.storage.root / key).read_bytes() == data
