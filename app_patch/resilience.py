@@ -24,6 +24,7 @@ from purgatory.domain.model import OpenedState
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app_patch.media import lock_storage_key
 from app_patch.repository import MediaSnapshot, upsert_job_snapshot
 from app_patch.schemas import JobOut
 
@@ -181,12 +182,14 @@ class OutboxReplayer:
         *,
         interval_s: float,
         on_replayed: Callable[[JobOut], Awaitable[None]] | None = None,
+        file_exists: Callable[[str], bool] | None = None,
     ) -> None:
         self.outbox = outbox
         self.session_factory = session_factory
         self.breaker = breaker
         self.interval_s = interval_s
         self.on_replayed = on_replayed
+        self.file_exists = file_exists
         self.replayed_total = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -215,7 +218,15 @@ class OutboxReplayer:
 
     async def _write(self, entry: OutboxEntry) -> None:
         async with self.session_factory.begin() as session:
-            if not await upsert_job_snapshot(session, entry.job, entry.media):
+            media = entry.media
+            if media is not None and self.file_exists is not None:
+                # the same key lock uploads and the orphan sweeper take: the file cannot go
+                # between this check and the commit that makes its row live
+                await lock_storage_key(session, media.storage_key)
+                if not self.file_exists(media.storage_key):
+                    log.warning("replayed job %s without its media: file gone", entry.job.id)
+                    media = None
+            if not await upsert_job_snapshot(session, entry.job, media):
                 log.warning("replayed job %s without its idempotency key (taken)", entry.job.id)
 
     async def _run(self) -> None:

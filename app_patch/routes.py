@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path as FilePath
 from typing import Annotated
 
 from fastapi import (
@@ -23,8 +25,9 @@ from fastapi import (
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from app_patch.media import DEFAULT_CONTENT_TYPE, MediaNotFoundError, clean_original_name
 from app_patch.models import JobStatus
-from app_patch.repository import MediaSnapshot, NewJob, upsert_media
+from app_patch.repository import MediaSnapshot, NewJob
 from app_patch.resilience import DependencyUnavailableError, OutboxEntry
 from app_patch.runtime import Runtime
 from app_patch.schemas import HistoryFilter, HistoryPage, JobOut, MediaOut, ResultIn, ResultOut
@@ -89,71 +92,67 @@ async def create_analysis(
             422,
             f"unsupported analysis_type {analysis_type!r}; allowed: {', '.join(rt.analysis_types)}",
         )
-    chunk = rt.settings.storage.chunk_bytes
-    async with rt.storage.stage(_chunks(file, chunk)) as staged:
-        if staged.size_bytes == 0:
-            raise HTTPException(400, "empty file: nothing to analyse")
-        key = upload_key(staged.sha256)
-        await rt.storage.place(staged, key)
-    media = MediaSnapshot(
-        sha256=staged.sha256,
-        size_bytes=staged.size_bytes,
-        content_type="application/octet-stream",
-        storage_key=key,
-        original_name=(file.filename or None) and file.filename[:1024],
-    )
     new = NewJob(
         analysis_type=analysis_type,
         client_ref=client_ref,
         idempotency_key=idempotency_key,
         job_id=uuid.uuid4(),
     )
-    try:
-        job, created = await _persisted_analysis(rt, new, media, staged)
-    except DependencyUnavailableError:
-        job = await _deferred_analysis(rt, new, media, staged)
-        response.status_code = 202
-        response.headers["X-History-Deferred"] = "outbox"
-        return job
-    if not created:
-        response.status_code = 200
+    chunks = _chunks(file, rt.settings.storage.chunk_bytes)
+    async with rt.storage.stage(chunks) as staged:
+        if staged.size_bytes == 0:
+            raise HTTPException(400, "empty file: nothing to analyse")
+        outcome = await _analyse(rt, analysis_type, staged.path, staged)
+        content_type = _content_type(outcome)
+        try:
+            media = await rt.db(
+                lambda: rt.media.register_staged(
+                    staged, content_type=content_type, original_name=file.filename
+                )
+            )
+        except DependencyUnavailableError:
+            # PostgreSQL is down: keep the bytes (content-addressed) and defer the history
+            key = upload_key(staged.sha256)
+            await rt.storage.place(staged, key)
+            snapshot = MediaSnapshot(
+                sha256=staged.sha256,
+                size_bytes=staged.size_bytes,
+                content_type=content_type,
+                storage_key=key,
+                original_name=clean_original_name(file.filename),
+            )
+            response.status_code = 202
+            response.headers["X-History-Deferred"] = "outbox"
+            return await _deferred(rt, new, outcome, snapshot)
+    await rt.history.invalidate_media(media.sha256)
+    job, created = await _persisted(rt, new, outcome, media.id)
+    response.status_code = 201 if created else 200
     response.headers["Location"] = f"/analyses/{job.id}"
     return job
 
 
-async def _persisted_analysis(
-    rt: Runtime, new: NewJob, media: MediaSnapshot, staged: StagedFile
+async def _persisted(
+    rt: Runtime, new: NewJob, outcome: ResultIn | str, media_id: uuid.UUID
 ) -> tuple[JobOut, bool]:
-    """The normal path: every state change is written to PostgreSQL as it happens."""
-    outcome = await _analyse(rt, new.analysis_type, media)
-    media = MediaSnapshot(**{**media.__dict__, "content_type": _content_type(outcome, media)})
+    """The normal path: every state change is written to PostgreSQL as it happens.
 
-    async def register() -> uuid.UUID:
-        async with rt.sessions.begin() as session:
-            return await upsert_media(session, media)
-
-    media_id = await rt.db(register)
-    await rt.history.invalidate_media(media.sha256)
-    job, created = await rt.history.create_job(
-        NewJob(**{**new.__dict__, "media_file_id": media_id})
-    )
+    An outage from here on raises DependencyUnavailableError (503): the upload is stored and
+    registered, so the client's retry (same Idempotency-Key) finds it.
+    """
+    job, created = await rt.history.create_job(replace(new, media_file_id=media_id))
     if not created:
         return job, False
     await rt.history.mark_running(job.id)
     if isinstance(outcome, ResultIn):
-        job = await rt.history.mark_succeeded(job.id, outcome)
-    else:
-        job = await rt.history.mark_failed(job.id, outcome)
-    return job, True
+        return await rt.history.mark_succeeded(job.id, outcome), True
+    return await rt.history.mark_failed(job.id, outcome), True
 
 
-async def _deferred_analysis(
-    rt: Runtime, new: NewJob, media: MediaSnapshot, staged: StagedFile
+async def _deferred(
+    rt: Runtime, new: NewJob, outcome: ResultIn | str, media: MediaSnapshot
 ) -> JobOut:
-    """PostgreSQL is down: analyse anyway and keep the finished job in the durable outbox."""
+    """PostgreSQL is down: the finished job goes to the durable outbox (and the cache)."""
     assert new.job_id is not None
-    outcome = await _analyse(rt, new.analysis_type, media)
-    media = MediaSnapshot(**{**media.__dict__, "content_type": _content_type(outcome, media)})
     now = datetime.now(UTC)
     succeeded = isinstance(outcome, ResultIn)
     job = JobOut(
@@ -178,12 +177,13 @@ async def _deferred_analysis(
     return job
 
 
-async def _analyse(rt: Runtime, analysis_type: str, media: MediaSnapshot) -> ResultIn | str:
-    """The analysis result, or the error text that fails the job."""
-    path = rt.storage.path_for(media.storage_key)
+async def _analyse(
+    rt: Runtime, analysis_type: str, path: FilePath, staged: StagedFile
+) -> ResultIn | str:
+    """The analysis of the staged upload, or the error text that fails the job."""
     try:
         outcome = await asyncio.to_thread(
-            rt.analyse, analysis_type, path, media.sha256, media.size_bytes
+            rt.analyse, analysis_type, path, staged.sha256, staged.size_bytes
         )
     except rt.analysis_errors as exc:
         return str(exc)
@@ -196,10 +196,11 @@ async def _analyse(rt: Runtime, analysis_type: str, media: MediaSnapshot) -> Res
     )
 
 
-def _content_type(outcome: ResultIn | str, media: MediaSnapshot) -> str:
+def _content_type(outcome: ResultIn | str) -> str:
+    """Sniffed from the bytes by the analysis; never the client's claim."""
     if isinstance(outcome, ResultIn):
-        return str(outcome.result.get("content_type", media.content_type))
-    return media.content_type
+        return str(outcome.result.get("content_type", DEFAULT_CONTENT_TYPE))
+    return DEFAULT_CONTENT_TYPE
 
 
 @router.get(
@@ -291,13 +292,14 @@ async def get_media(request: Request, sha256: Sha256) -> MediaOut:
 )
 async def get_media_content(request: Request, sha256: Sha256) -> StreamingResponse:
     rt = runtime_of(request)
-    media = await _media_or_404(rt, sha256)
     try:
-        fd = await asyncio.to_thread(rt.storage.open_read, media.storage_key)
-    except FileNotFoundError:
-        raise HTTPException(404, f"the file of media {sha256} is gone (retention)") from None
+        opened = await rt.db(lambda: rt.media.open_media(sha256))  # records the access
+    except MediaNotFoundError:
+        raise HTTPException(404, f"no stored media with sha256 {sha256}") from None
+    except DependencyUnavailableError:
+        raise unavailable("media content") from None
     return StreamingResponse(
-        rt.storage.read_chunks(fd),
-        media_type=media.content_type,
-        headers={"Content-Length": str(media.size_bytes)},
+        opened.chunks(),
+        media_type=opened.content_type,
+        headers={"Content-Length": str(opened.size_bytes)},
     )

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app_patch.bootstrap import database_url, redis_url
 from app_patch.cache import RedisCache
 from app_patch.db import create_engine, create_session_factory, observe_pool
+from app_patch.media import MediaStore
 from app_patch.metrics import LiveSources, Metrics, PoolFigures, RetentionTotals
 from app_patch.models import RetentionEvent
 from app_patch.resilience import Breaker, Outbox, OutboxReplayer, is_database_outage
@@ -50,6 +51,7 @@ class Runtime:
     cache: RedisCache
     history: HistoryService
     storage: Storage
+    media: MediaStore
     outbox: Outbox
     replayer: OutboxReplayer
     metrics: Metrics
@@ -150,6 +152,7 @@ async def open_runtime(
         db_breaker,
         interval_s=settings.resilience.replay_interval_s,
         on_replayed=after_replay,
+        file_exists=storage.exists,
     )
     runtime = Runtime(
         settings=settings,
@@ -159,6 +162,7 @@ async def open_runtime(
         cache=cache,
         history=history,
         storage=storage,
+        media=MediaStore(sessions, storage, settings.retention),
         outbox=outbox,
         replayer=replayer,
         metrics=metrics,

@@ -117,3 +117,23 @@ async def test_corrupt_entry_is_set_aside(
     assert await replay.drain_once() == 1
     assert replay.outbox.backlog() == 0
     assert len(list(replay.outbox.directory.glob("*.corrupt"))) == 1
+
+
+async def test_replay_drops_media_whose_file_is_gone(
+    tmp_path: Path, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    breaker = Breaker("postgres", threshold=3, recovery_s=1, is_outage=is_database_outage)
+    replay = OutboxReplayer(
+        Outbox(tmp_path / "outbox"),
+        session_factory,
+        breaker,
+        interval_s=0.1,
+        file_exists=lambda key: False,
+    )
+    job = finished_job()
+    replay.outbox.append(OutboxEntry(job, media()))
+    assert await replay.drain_once() == 1
+    async with session_factory() as s:
+        stored = await repo.get_job(s, job.id)
+    assert stored is not None and stored.media_file_id is None
+    assert await counts(session_factory) == (1, 1, 0)  # no live row without its file
