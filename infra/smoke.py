@@ -22,7 +22,7 @@ from sqlalchemy import PrimaryKeyConstraint, UniqueConstraint
 from app_patch import migrate as migrations
 from app_patch.db import normalize_url
 from app_patch.models import Base
-from infra.verify_containers import CheckFailed, CheckResult
+from infra.verify_containers import CheckFailed, CheckResult, run_check
 
 TTL_PROBE_MS = 5000
 
@@ -136,11 +136,5 @@ def run_smoke(target: SmokeTarget) -> list[CheckResult]:
         checks.append(("storage writable", partial(check_storage, target.storage_root)))
     if target.api_url is not None:
         checks.append(("API ready (/health/ready)", partial(check_api_ready, target.api_url)))
-    return [_run(name, check) for name, check in checks]
+    return [run_check(name, check) for name, check in checks]
 
-
-def _run(name: str, check: Callable[[], str]) -> CheckResult:
-    try:
-        return CheckResult(name, True, check())
-    except Exception as exc:  # report every check, whatever fails
-        return CheckResult(name, False, f"{type(exc).__name__}: {exc}".strip())

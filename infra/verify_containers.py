@@ -63,7 +63,7 @@ def run_checks(config: StackConfig | None = None) -> list[CheckResult]:
             lambda: _storage_writable(config.api_name),
         ),
     ]
-    return [_run(name, check) for name, check in checks]
+    return [run_check(name, check) for name, check in checks]
 
 
 def report(results: list[CheckResult], console: Console | None = None) -> int:
@@ -85,7 +85,7 @@ def report(results: list[CheckResult], console: Console | None = None) -> int:
     return 0
 
 
-def _run(name: str, check: Callable[[], str]) -> CheckResult:
+def run_check(name: str, check: Callable[[], str]) -> CheckResult:
     try:
         return CheckResult(name, True, check())
     except CheckFailed as exc:
