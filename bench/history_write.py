@@ -1,0 +1,366 @@
+"""History write: one finished job (``analysis_jobs`` row + ``analysis_results`` row).
+
+Ours, as the API writes it (three transactions: create_job, mark_running, mark_succeeded):
+
+* ``repository``: ``app_patch.repository`` functions, one session transaction per step;
+* ``service``: ``HistoryService`` (the same plus the Redis write-through and history bump).
+
+Limits, same server, same tables, same columns:
+
+* ``raw executemany``: psycopg ``executemany`` of the final job rows and result rows, in
+  batches, on one connection (the driver's best rate for these rows);
+* ``pgbench``: a custom script inserting one job and its result per transaction
+  (``-n -c N -j 2 -T secs -f script``) over the same socket.
+
+Context (no target): ``raw 3-txn protocol``: psycopg doing the same three transactions as the
+API with the minimal statements, on N connections. It separates the cost of the protocol
+(three commits per job) from the cost of the Python layers above the driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app_patch import repository as repo
+from app_patch.cache import RedisCache
+from app_patch.db import create_engine, create_session_factory
+from app_patch.repository import NewJob
+from app_patch.schemas import ResultIn
+from app_patch.service import HistoryService
+from bench.common import BenchError, Timed, pg_binary, run_timed, run_workers, tail
+from bench.env import BenchEnv, PgTarget, libpq
+from bench.parsers import pgbench_failed, pgbench_tps
+from bench.report import BenchResult, Ratio, Series
+
+NAME = "history_write"
+TITLE = "History write (job + result)"
+TARGET = 0.60
+
+RESULT: dict[str, Any] = {
+    "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    "size_bytes": 4096,
+    "content_type": "text/plain",
+}
+SUMMARY = "text/plain, 4096 bytes"
+ENGINE = ("media-analysis-reference", "1.0.0")
+DURATION_MS = 0.42
+
+
+@dataclass(frozen=True)
+class Sizes:
+    jobs: int  # per repetition, ours and the raw 3-txn protocol
+    raw_jobs: int  # per repetition, executemany
+    batch: int
+    concurrency: int
+    pgbench_s: int
+    repetitions: int
+
+
+QUICK = Sizes(jobs=200, raw_jobs=3000, batch=500, concurrency=8, pgbench_s=2, repetitions=3)
+FULL = Sizes(jobs=2000, raw_jobs=20000, batch=500, concurrency=8, pgbench_s=5, repetitions=5)
+
+
+def result_in() -> ResultIn:
+    return ResultIn(
+        result=RESULT,
+        summary=SUMMARY,
+        engine_name=ENGINE[0],
+        engine_version=ENGINE[1],
+        duration_ms=DURATION_MS,
+    )
+
+
+def new_job(i: int) -> NewJob:
+    return NewJob(analysis_type="basic", params={"bench": i}, client_ref="bench")
+
+
+# ---------------------------------------------------------------- ours
+
+
+async def write_via_repository(sessions: async_sessionmaker[AsyncSession], i: int) -> None:
+    async with sessions.begin() as session:
+        job, _ = await repo.create_job(session, new_job(i))
+    async with sessions.begin() as session:
+        await repo.mark_running(session, job.id)
+    async with sessions.begin() as session:
+        await repo.mark_succeeded(session, job.id, result_in())
+
+
+async def write_via_service(service: HistoryService, i: int) -> None:
+    job, _ = await service.create_job(new_job(i))
+    await service.mark_running(job.id)
+    await service.mark_succeeded(job.id, result_in())
+
+
+async def _ours(env: BenchEnv, db_url: str, sizes: Sizes, via: str) -> Timed:
+    settings = env.settings(db_url)
+    engine = create_engine(settings.db, db_url)
+    sessions = create_session_factory(engine)
+    cache = RedisCache(settings, env.redis_url) if via == "service" else None
+    try:
+        if cache is not None:
+            service = HistoryService(sessions, cache)
+
+            async def work(i: int) -> None:
+                await write_via_service(service, i)
+        else:
+
+            async def work(i: int) -> None:
+                await write_via_repository(sessions, i)
+
+        await run_workers(sizes.concurrency * 2, sizes.concurrency, work)  # warm the pool
+        return await run_workers(sizes.jobs, sizes.concurrency, work)
+    finally:
+        if cache is not None:
+            await cache.close()
+        await engine.dispose()
+
+
+# ---------------------------------------------------------------- limits
+
+INSERT_JOB = (
+    "INSERT INTO analysis_jobs (id, analysis_type, status, params, client_ref, started_at,"
+    " finished_at, attempts) VALUES (%s, %s, %s::job_status, %s, %s, %s, %s, %s)"
+)
+INSERT_RESULT = (
+    "INSERT INTO analysis_results (id, job_id, result, summary, engine_name, engine_version,"
+    " duration_ms) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+)
+
+
+def raw_rows(start: int, count: int) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    now = dt.datetime.now(dt.UTC)
+    jobs: list[tuple[Any, ...]] = []
+    results: list[tuple[Any, ...]] = []
+    for i in range(start, start + count):
+        job_id = uuid.uuid4()
+        jobs.append((job_id, "basic", "succeeded", Jsonb({"bench": i}), "bench", now, now, 1))
+        results.append(
+            (uuid.uuid4(), job_id, Jsonb(RESULT), SUMMARY, ENGINE[0], ENGINE[1], DURATION_MS)
+        )
+    return jobs, results
+
+
+def raw_executemany(db_url: str, sizes: Sizes) -> Timed:
+    """Final rows, ``executemany`` per table, one commit per batch, one connection.
+
+    The rows are built inside the timed loop (as ours builds its own)."""
+    with psycopg.connect(libpq(db_url)) as conn:
+        with conn.cursor() as cur:  # warm-up: connection, plans
+            jobs, results = raw_rows(0, 10)
+            cur.executemany(INSERT_JOB, jobs)
+            cur.executemany(INSERT_RESULT, results)
+        conn.commit()
+        started = time.perf_counter()
+        for start in range(0, sizes.raw_jobs, sizes.batch):
+            count = min(sizes.batch, sizes.raw_jobs - start)
+            jobs, results = raw_rows(start, count)
+            with conn.cursor() as cur:
+                cur.executemany(INSERT_JOB, jobs)
+                cur.executemany(INSERT_RESULT, results)
+            conn.commit()
+        return Timed(time.perf_counter() - started, sizes.raw_jobs)
+
+
+async def raw_protocol(db_url: str, sizes: Sizes) -> Timed:
+    """The API's three transactions per job with minimal SQL, on ``concurrency`` connections."""
+    conns = [await psycopg.AsyncConnection.connect(libpq(db_url)) for _ in range(sizes.concurrency)]
+    free: asyncio.Queue[psycopg.AsyncConnection[Any]] = asyncio.Queue()
+    for conn in conns:
+        free.put_nowait(conn)
+
+    async def work(i: int) -> None:
+        conn = await free.get()
+        try:
+            job_id = uuid.uuid4()
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO analysis_jobs (id, analysis_type, status, params, client_ref)"
+                    " VALUES (%s, 'basic', 'queued', %s, 'bench')",
+                    (job_id, Jsonb({"bench": i})),
+                )
+            async with conn.transaction():
+                await conn.execute(
+                    "UPDATE analysis_jobs SET status = 'running', started_at = now(),"
+                    " attempts = attempts + 1 WHERE id = %s AND status IN ('queued', 'running')",
+                    (job_id,),
+                )
+            async with conn.transaction():
+                await conn.execute(
+                    "UPDATE analysis_jobs SET status = 'succeeded', finished_at = now()"
+                    " WHERE id = %s AND status IN ('queued', 'running')",
+                    (job_id,),
+                )
+                await conn.execute(
+                    INSERT_RESULT,
+                    (uuid.uuid4(), job_id, Jsonb(RESULT), SUMMARY, *ENGINE, DURATION_MS),
+                )
+        finally:
+            free.put_nowait(conn)
+
+    try:
+        await run_workers(sizes.concurrency * 2, sizes.concurrency, work)
+        return await run_workers(sizes.jobs, sizes.concurrency, work)
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
+PGBENCH_SCRIPT = """\\set i random(1, 1000000000)
+WITH job AS (
+  INSERT INTO analysis_jobs (id, analysis_type, status, params, client_ref, started_at,
+                             finished_at, attempts)
+  VALUES (gen_random_uuid(), 'basic', 'succeeded', jsonb_build_object('bench', :i), 'bench',
+          now(), now(), 1)
+  RETURNING id
+)
+INSERT INTO analysis_results (id, job_id, result, summary, engine_name, engine_version,
+                              duration_ms)
+SELECT gen_random_uuid(), job.id, '{result}'::jsonb, '{summary}', '{engine}', '{version}',
+       {duration} FROM job;
+"""
+
+
+def pgbench_script() -> str:
+    import json
+
+    return (
+        PGBENCH_SCRIPT.replace("{result}", json.dumps(RESULT))
+        .replace("{summary}", SUMMARY)
+        .replace("{engine}", ENGINE[0])
+        .replace("{version}", ENGINE[1])
+        .replace("{duration}", str(DURATION_MS))
+    )
+
+
+def run_pgbench(env: BenchEnv, db_url: str, sizes: Sizes) -> float:
+    binary = pg_binary("pgbench")
+    if binary is None:
+        raise BenchError("pgbench not found (pgserver's bin dir or PATH)")
+    script = env.scratch_dir("pgbench") / "insert_job.sql"
+    script.write_text(pgbench_script(), encoding="utf-8")
+    target = PgTarget.from_url(db_url)
+    args: list[str | os.PathLike[str]] = [
+        binary, "-n", "-c", str(sizes.concurrency), "-j", "2", "-T", str(sizes.pgbench_s),
+        "-f", script, *target.args(), target.database,
+    ]  # fmt: skip
+    done = run_timed(args, env=target.env(), timeout_s=sizes.pgbench_s + 60)
+    if done.returncode != 0:
+        raise BenchError(f"pgbench failed ({done.returncode}): {tail(done.stderr + done.stdout)}")
+    failed = pgbench_failed(done.stdout)
+    if failed:
+        raise BenchError(f"pgbench reported {failed} failed transactions")
+    return pgbench_tps(done.stdout)
+
+
+def truncate(db_url: str) -> None:
+    with psycopg.connect(libpq(db_url), autocommit=True) as conn:
+        conn.execute("TRUNCATE analysis_results, artifacts, analysis_jobs")
+        conn.execute("VACUUM ANALYZE analysis_jobs, analysis_results")
+
+
+def count_rows(db_url: str) -> tuple[int, int]:
+    with psycopg.connect(libpq(db_url), autocommit=True) as conn:
+        jobs = conn.execute("SELECT count(*) FROM analysis_jobs").fetchone()
+        results = conn.execute("SELECT count(*) FROM analysis_results").fetchone()
+    return (int(jobs[0]) if jobs else 0, int(results[0]) if results else 0)
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def run(env: BenchEnv, quick: bool) -> BenchResult:
+    sizes = QUICK if quick else FULL
+    db_url = env.create_database("history")
+    samples: dict[str, list[float]] = {
+        k: [] for k in ("repository", "service", "executemany", "protocol", "pgbench")
+    }
+    for _ in range(sizes.repetitions):  # variants interleaved, so drift hits all alike
+        truncate(db_url)
+        samples["repository"].append(asyncio.run(_ours(env, db_url, sizes, "repository")).rate)
+        jobs, results = count_rows(db_url)
+        if jobs != results or jobs < sizes.jobs:
+            raise BenchError(f"repository path wrote {jobs} jobs / {results} results")
+        truncate(db_url)
+        samples["service"].append(asyncio.run(_ours(env, db_url, sizes, "service")).rate)
+        truncate(db_url)
+        samples["executemany"].append(raw_executemany(db_url, sizes).rate)
+        truncate(db_url)
+        samples["protocol"].append(asyncio.run(raw_protocol(db_url, sizes)).rate)
+        truncate(db_url)
+        samples["pgbench"].append(run_pgbench(env, db_url, sizes))
+    env.drop_database(db_url)
+
+    c = sizes.concurrency
+    return BenchResult(
+        name=NAME,
+        title=TITLE,
+        series=[
+            Series(
+                "repository",
+                "ours: repository, 3 txns/job",
+                "jobs/s",
+                samples["repository"],
+                note=f"{c} coroutines, SQLAlchemy pool 20+30",
+            ),
+            Series(
+                "service",
+                "ours: HistoryService, 3 txns/job + cache",
+                "jobs/s",
+                samples["service"],
+                note=f"{c} coroutines; Redis write-through + bump",
+            ),
+            Series(
+                "executemany",
+                "raw psycopg executemany",
+                "jobs/s",
+                samples["executemany"],
+                role="limit",
+                note=f"1 connection, batches of {sizes.batch}",
+            ),
+            Series(
+                "pgbench",
+                "pgbench insert tps",
+                "jobs/s",
+                samples["pgbench"],
+                role="limit",
+                note=f"-n -c {c} -j 2 -T {sizes.pgbench_s}, 1 txn/job",
+            ),
+            Series(
+                "protocol",
+                "raw psycopg, same 3 txns/job",
+                "jobs/s",
+                samples["protocol"],
+                role="context",
+                note=f"{c} async connections, minimal SQL",
+            ),
+        ],
+        ratios=[
+            Ratio("repository", "executemany", TARGET),
+            Ratio("service", "executemany", TARGET),
+            Ratio("repository", "pgbench"),
+            Ratio("repository", "protocol"),
+        ],
+        params={
+            "jobs_per_rep": sizes.jobs,
+            "executemany_jobs_per_rep": sizes.raw_jobs,
+            "concurrency": c,
+            "repetitions": sizes.repetitions,
+        },
+        notes=[
+            "A job is 1 analysis_jobs row + 1 analysis_results row with the same columns and "
+            "values in every variant; tables are truncated before each measurement.",
+            "Ours and the 3-txn context commit three times per job (synchronous_commit=on), "
+            "as the API does; executemany and pgbench write the final rows at once.",
+        ],
+    )
