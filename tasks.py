@@ -128,7 +128,30 @@ def test(c: Context, k: str = "", quick: bool = False) -> None:
     c.run(f"{PY} -m pytest{selector}")
 
 
-ns = Collection(secrets, migrate, db_status, up, down, verify, serve, test)
+@task(
+    help={
+        "quick": "small sizes, under 2 minutes (what CI runs)",
+        "only": "comma-separated subset of the benchmarks",
+        "out": "output directory (default bench/; CI writes elsewhere)",
+    }
+)
+def bench(c: Context, quick: bool = False, only: str = "", out: str = "") -> None:
+    """Benchmarks against the physical limits measured in the same run -> bench/results.md."""
+    from pathlib import Path
+
+    from bench.run import BenchmarkFailed, main
+
+    try:
+        main(
+            quick=quick,
+            only=[name.strip() for name in only.split(",") if name.strip()] or None,
+            out_dir=Path(out) if out else None,
+        )
+    except BenchmarkFailed as exc:
+        raise Exit(f"error: benchmark failed: {exc}", code=1) from None
+
+
+ns = Collection(secrets, migrate, db_status, up, down, verify, serve, test, bench)
 for infra_task in tasks_infra.TASKS:
     if infra_task.name not in {"up", "down"}:  # ours wrap them with migrate + verify
         ns.add_task(infra_task)
