@@ -118,13 +118,21 @@ def serve(c: Context, host: str = "", port: int = 0) -> None:
     c.run(f"{PY} -m uvicorn api.main:app --host {bind} --port {port or api.port}", pty=False)
 
 
-@task(help={"k": "only tests matching this expression", "quick": "skip lint and type checks"})
-def test(c: Context, k: str = "", quick: bool = False) -> None:
+@task(
+    help={
+        "k": "only tests matching this expression",
+        "quick": "skip lint and type checks",
+        "no_docker": "leave out the tests that need a Docker engine (CI always runs them)",
+    }
+)
+def test(c: Context, k: str = "", quick: bool = False, no_docker: bool = False) -> None:
     """Lint, type-check and run the whole test suite (real PostgreSQL, Redis, Docker)."""
     if not quick:
         c.run(f"{PY} -m ruff check .")
         c.run(f"{PY} -m mypy")
     selector = f" -k {shlex.quote(k)}" if k else ""
+    if no_docker:
+        selector += " -m 'not docker'"
     c.run(f"{PY} -m pytest{selector}")
 
 
