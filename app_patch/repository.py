@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, tuple_, update
@@ -17,9 +18,12 @@ from app_patch.schemas import (
     HistoryPage,
     JobOut,
     ResultIn,
+    ResultOut,
     decode_cursor,
     encode_cursor,
 )
+
+_JOB_COLUMNS = tuple(AnalysisJob.__table__.c)
 
 
 class JobNotFoundError(LookupError):
@@ -40,38 +44,87 @@ class NewJob:
     job_id: uuid.UUID | None = None
 
 
-async def create_job(session: AsyncSession, new: NewJob) -> tuple[JobOut, bool]:
-    """Insert a queued job; with an idempotency key already used, return that job instead.
-
-    Returns ``(job, created)``. Safe under concurrency: the partial unique index decides.
-    """
-    values = {
+def _new_job_values(new: NewJob, status: JobStatus) -> dict[str, Any]:
+    return {
         "id": new.job_id or uuid.uuid4(),
         "analysis_type": new.analysis_type,
         "media_file_id": new.media_file_id,
         "params": new.params or {},
         "client_ref": new.client_ref,
         "idempotency_key": new.idempotency_key,
-        "status": JobStatus.queued,
+        "status": status,
     }
+
+
+async def _insert_job(session: AsyncSession, values: dict[str, Any]) -> tuple[JobOut, bool]:
+    """INSERT ... RETURNING the row; on an idempotency-key conflict, the job holding the key.
+
+    Safe under concurrency: the partial unique index decides who wins.
+    """
     stmt = insert(AnalysisJob).values(**values)
-    if new.idempotency_key is not None:
+    if values["idempotency_key"] is not None:
         stmt = stmt.on_conflict_do_nothing(
             index_elements=["idempotency_key"],
             index_where=AnalysisJob.idempotency_key.is_not(None),
         )
-    inserted_id = (await session.execute(stmt.returning(AnalysisJob.id))).scalar_one_or_none()
-    if inserted_id is None:
+    returned = await session.execute(stmt.returning(*_JOB_COLUMNS))
+    row = returned.mappings().one_or_none()
+    if row is None:
         existing = await session.scalar(
-            select(AnalysisJob.id).where(AnalysisJob.idempotency_key == new.idempotency_key)
+            select(AnalysisJob.id).where(AnalysisJob.idempotency_key == values["idempotency_key"])
         )
         assert existing is not None  # the conflicting row is committed, so it is visible
         return await get_job_or_raise(session, existing), False
-    return await get_job_or_raise(session, inserted_id), True
+    return JobOut.model_validate({**row, "result": None}), True
+
+
+async def _insert_result(session: AsyncSession, job_id: uuid.UUID, result: ResultIn) -> ResultOut:
+    returned = await session.execute(
+        insert(AnalysisResult)
+        .values(id=uuid.uuid4(), job_id=job_id, **result.model_dump())
+        .returning(AnalysisResult.created_at)
+    )
+    return ResultOut(**result.model_dump(), created_at=returned.scalar_one())
+
+
+async def create_job(session: AsyncSession, new: NewJob) -> tuple[JobOut, bool]:
+    """Insert a queued job; with an idempotency key already used, return that job instead.
+
+    Returns ``(job, created)``.
+    """
+    return await _insert_job(session, _new_job_values(new, JobStatus.queued))
+
+
+async def record_finished(
+    session: AsyncSession,
+    new: NewJob,
+    *,
+    started_at: datetime,
+    finished_at: datetime,
+    result: ResultIn | None,
+    error: str | None = None,
+) -> tuple[JobOut, bool]:
+    """One statement pair for an analysis that already ran: the job, finished, with its result.
+
+    What a synchronous API records (no queued/running rows for anyone to see); an idempotency
+    key already used returns that job instead, untouched. Returns ``(job, created)``.
+    """
+    status = JobStatus.succeeded if result is not None else JobStatus.failed
+    values = _new_job_values(new, status) | {
+        "created_at": started_at,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "error": error,
+        "attempts": 1,
+    }
+    job, created = await _insert_job(session, values)
+    if created and result is not None:
+        job = job.model_copy(update={"result": await _insert_result(session, job.id, result)})
+    return job, created
 
 
 async def mark_running(session: AsyncSession, job_id: uuid.UUID) -> JobOut:
-    await _transition(
+    return await _transition(
         session,
         job_id,
         allowed_from=(JobStatus.queued, JobStatus.running),
@@ -79,11 +132,10 @@ async def mark_running(session: AsyncSession, job_id: uuid.UUID) -> JobOut:
         started_at=func.now(),
         attempts=AnalysisJob.attempts + 1,
     )
-    return await get_job_or_raise(session, job_id)
 
 
 async def mark_succeeded(session: AsyncSession, job_id: uuid.UUID, result: ResultIn) -> JobOut:
-    await _transition(
+    job = await _transition(
         session,
         job_id,
         allowed_from=(JobStatus.queued, JobStatus.running),
@@ -92,16 +144,11 @@ async def mark_succeeded(session: AsyncSession, job_id: uuid.UUID, result: Resul
         started_at=func.coalesce(AnalysisJob.started_at, func.now()),
         error=None,
     )
-    await session.execute(
-        insert(AnalysisResult)
-        .values(id=uuid.uuid4(), job_id=job_id, **result.model_dump())
-        .on_conflict_do_nothing(index_elements=["job_id"])
-    )
-    return await get_job_or_raise(session, job_id)
+    return job.model_copy(update={"result": await _insert_result(session, job_id, result)})
 
 
 async def mark_failed(session: AsyncSession, job_id: uuid.UUID, error: str) -> JobOut:
-    await _transition(
+    return await _transition(
         session,
         job_id,
         allowed_from=(JobStatus.queued, JobStatus.running),
@@ -110,7 +157,6 @@ async def mark_failed(session: AsyncSession, job_id: uuid.UUID, error: str) -> J
         started_at=func.coalesce(AnalysisJob.started_at, func.now()),
         error=error,
     )
-    return await get_job_or_raise(session, job_id)
 
 
 async def _transition(
@@ -119,15 +165,17 @@ async def _transition(
     *,
     allowed_from: tuple[JobStatus, ...],
     **values: Any,
-) -> None:
+) -> JobOut:
+    """UPDATE ... RETURNING the new row (no re-read); a finished job has no way back."""
     changed = await session.execute(
         update(AnalysisJob)
         .where(AnalysisJob.id == job_id, AnalysisJob.status.in_(allowed_from))
         .values(**values)
-        .returning(AnalysisJob.id)
+        .returning(*_JOB_COLUMNS)
     )
-    if changed.scalar_one_or_none() is not None:
-        return
+    row = changed.mappings().one_or_none()
+    if row is not None:
+        return JobOut.model_validate({**row, "result": None})
     current = await session.scalar(select(AnalysisJob.status).where(AnalysisJob.id == job_id))
     if current is None:
         raise JobNotFoundError(str(job_id))

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path as FilePath
 from typing import Annotated
 
 from fastapi import (
@@ -102,8 +101,8 @@ async def create_analysis(
     async with rt.storage.stage(chunks) as staged:
         if staged.size_bytes == 0:
             raise HTTPException(400, "empty file: nothing to analyse")
-        outcome = await _analyse(rt, analysis_type, staged.path, staged)
-        content_type = _content_type(outcome)
+        outcome = await _analyse(rt, analysis_type, staged)
+        content_type = outcome.content_type
         try:
             media = await rt.db(
                 lambda: rt.media.register_staged(
@@ -132,75 +131,81 @@ async def create_analysis(
 
 
 async def _persisted(
-    rt: Runtime, new: NewJob, outcome: ResultIn | str, media_id: uuid.UUID
+    rt: Runtime, new: NewJob, outcome: Outcome, media_id: uuid.UUID
 ) -> tuple[JobOut, bool]:
-    """The normal path: every state change is written to PostgreSQL as it happens.
+    """The normal path: the finished job and its result in one transaction.
 
-    An outage from here on raises DependencyUnavailableError (503): the upload is stored and
+    An outage here raises DependencyUnavailableError (503): the upload is already stored and
     registered, so the client's retry (same Idempotency-Key) finds it.
     """
-    job, created = await rt.history.create_job(replace(new, media_file_id=media_id))
-    if not created:
-        return job, False
-    await rt.history.mark_running(job.id)
-    if isinstance(outcome, ResultIn):
-        return await rt.history.mark_succeeded(job.id, outcome), True
-    return await rt.history.mark_failed(job.id, outcome), True
+    return await rt.history.record_finished(
+        replace(new, media_file_id=media_id),
+        started_at=outcome.started_at,
+        finished_at=outcome.finished_at,
+        result=outcome.result,
+        error=outcome.error,
+    )
 
 
-async def _deferred(
-    rt: Runtime, new: NewJob, outcome: ResultIn | str, media: MediaSnapshot
-) -> JobOut:
+async def _deferred(rt: Runtime, new: NewJob, outcome: Outcome, media: MediaSnapshot) -> JobOut:
     """PostgreSQL is down: the finished job goes to the durable outbox (and the cache)."""
     assert new.job_id is not None
-    now = datetime.now(UTC)
-    succeeded = isinstance(outcome, ResultIn)
     job = JobOut(
         id=new.job_id,
         media_file_id=None,
         analysis_type=new.analysis_type,
-        status=JobStatus.succeeded if succeeded else JobStatus.failed,
+        status=JobStatus.succeeded if outcome.result is not None else JobStatus.failed,
         params=new.params or {},
         client_ref=new.client_ref,
         idempotency_key=new.idempotency_key,
-        created_at=now,
-        started_at=now,
-        finished_at=now,
-        error=None if isinstance(outcome, ResultIn) else outcome,
+        created_at=outcome.started_at,
+        started_at=outcome.started_at,
+        finished_at=outcome.finished_at,
+        error=outcome.error,
         attempts=1,
-        result=ResultOut(**outcome.model_dump(), created_at=now)
-        if isinstance(outcome, ResultIn)
-        else None,
+        result=None
+        if outcome.result is None
+        else ResultOut(**outcome.result.model_dump(), created_at=outcome.finished_at),
     )
     await asyncio.to_thread(rt.outbox.append, OutboxEntry(job, media))
     await rt.history.remember(job)
     return job
 
 
-async def _analyse(
-    rt: Runtime, analysis_type: str, path: FilePath, staged: StagedFile
-) -> ResultIn | str:
-    """The analysis of the staged upload, or the error text that fails the job."""
+@dataclass(frozen=True)
+class Outcome:
+    """One analysis run: its result, or the error that fails the job, and when it ran."""
+
+    started_at: datetime
+    finished_at: datetime
+    result: ResultIn | None
+    error: str | None
+
+    @property
+    def content_type(self) -> str:
+        """Sniffed from the bytes by the analysis; never the client's claim."""
+        if self.result is None:
+            return DEFAULT_CONTENT_TYPE
+        return str(self.result.result.get("content_type", DEFAULT_CONTENT_TYPE))
+
+
+async def _analyse(rt: Runtime, analysis_type: str, staged: StagedFile) -> Outcome:
+    """Run the analysis on the staged upload (in a worker thread)."""
+    started = datetime.now(UTC)
     try:
-        outcome = await asyncio.to_thread(
-            rt.analyse, analysis_type, path, staged.sha256, staged.size_bytes
+        ran = await asyncio.to_thread(
+            rt.analyse, analysis_type, staged.path, staged.sha256, staged.size_bytes
         )
     except rt.analysis_errors as exc:
-        return str(exc)
-    return ResultIn(
-        result=outcome.result,
-        summary=outcome.summary,
-        engine_name=outcome.engine_name,
-        engine_version=outcome.engine_version,
-        duration_ms=outcome.duration_ms,
+        return Outcome(started, datetime.now(UTC), None, str(exc))
+    result = ResultIn(
+        result=ran.result,
+        summary=ran.summary,
+        engine_name=ran.engine_name,
+        engine_version=ran.engine_version,
+        duration_ms=ran.duration_ms,
     )
-
-
-def _content_type(outcome: ResultIn | str) -> str:
-    """Sniffed from the bytes by the analysis; never the client's claim."""
-    if isinstance(outcome, ResultIn):
-        return str(outcome.result.get("content_type", DEFAULT_CONTENT_TYPE))
-    return DEFAULT_CONTENT_TYPE
+    return Outcome(started, datetime.now(UTC), result, None)
 
 
 @router.get(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Protocol, TypeVar
 
 from sqlalchemy import select
@@ -84,6 +85,25 @@ class HistoryService:
     async def create_job(self, new: NewJob) -> tuple[JobOut, bool]:
         """Insert a queued job (or return the one its idempotency key names)."""
         job, created = await self._write(lambda s: repo.create_job(s, new))
+        if created:
+            await self._written(job)
+        return job, created
+
+    async def record_finished(
+        self,
+        new: NewJob,
+        *,
+        started_at: datetime,
+        finished_at: datetime,
+        result: ResultIn | None,
+        error: str | None = None,
+    ) -> tuple[JobOut, bool]:
+        """An analysis that already ran, written finished in one transaction."""
+        job, created = await self._write(
+            lambda s: repo.record_finished(
+                s, new, started_at=started_at, finished_at=finished_at, result=result, error=error
+            )
+        )
         if created:
             await self._written(job)
         return job, created

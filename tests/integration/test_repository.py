@@ -165,3 +165,35 @@ async def test_malformed_cursor_is_rejected(session_factory: Sessions, cursor: s
     async with session_factory() as s:
         with pytest.raises(InvalidCursorError):
             await repo.list_history(s, cursor=cursor)
+
+
+async def test_record_finished_writes_job_and_result_once(session_factory: Sessions) -> None:
+    started = datetime.now(UTC) - timedelta(seconds=2)
+    finished = datetime.now(UTC)
+    new = repo.NewJob(analysis_type="basic", idempotency_key="done-1")
+    async with session_factory.begin() as s:
+        job, created = await repo.record_finished(
+            s, new, started_at=started, finished_at=finished, result=a_result(width=7)
+        )
+    async with session_factory.begin() as s:
+        again, created_again = await repo.record_finished(
+            s, new, started_at=started, finished_at=finished, result=None, error="late retry"
+        )
+    assert (created, created_again) == (True, False)
+    assert again == job  # the retry neither failed nor overwrote the first outcome
+    assert job.status is JobStatus.succeeded and job.attempts == 1
+    assert job.started_at == started and job.finished_at == finished
+    async with session_factory() as s:
+        assert await repo.get_job(s, job.id) == job
+
+    async with session_factory.begin() as s:
+        failed, _ = await repo.record_finished(
+            s,
+            repo.NewJob(analysis_type="image"),
+            started_at=started,
+            finished_at=finished,
+            result=None,
+            error="not an image",
+        )
+    assert failed.status is JobStatus.failed and failed.result is None
+    assert failed.error == "not an image"
