@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -121,6 +122,57 @@ async def record_finished(
     if created and result is not None:
         job = job.model_copy(update={"result": await _insert_result(session, job.id, result)})
     return job, created
+
+
+@dataclass(frozen=True)
+class FinishedJob:
+    new: NewJob
+    started_at: datetime
+    finished_at: datetime
+    result: ResultIn | None
+    error: str | None = None
+
+
+async def record_finished_many(session: AsyncSession, jobs: Sequence[FinishedJob]) -> int:
+    """``record_finished`` for a batch, in two multi-row statements (jobs, then results).
+
+    For bulk writers (imports, backfills). A job whose id or idempotency key already exists is
+    skipped with its result; returns how many jobs were inserted.
+    """
+    if not jobs:
+        return 0
+    rows = []
+    for item in jobs:
+        new = replace(item.new, job_id=item.new.job_id or uuid.uuid4())
+        status = JobStatus.succeeded if item.result is not None else JobStatus.failed
+        rows.append(
+            _new_job_values(new, status)
+            | {
+                "created_at": item.started_at,
+                "started_at": item.started_at,
+                "finished_at": item.finished_at,
+                "error": item.error,
+                "attempts": 1,
+            }
+        )
+    inserted = set(
+        (
+            await session.scalars(
+                insert(AnalysisJob)
+                .on_conflict_do_nothing()
+                .returning(AnalysisJob.id, sort_by_parameter_order=True),
+                rows,
+            )
+        ).all()
+    )
+    results = [
+        {"id": uuid.uuid4(), "job_id": row["id"], **item.result.model_dump()}
+        for row, item in zip(rows, jobs, strict=True)
+        if item.result is not None and row["id"] in inserted
+    ]
+    if results:
+        await session.execute(insert(AnalysisResult), results)
+    return len(inserted)
 
 
 async def mark_running(session: AsyncSession, job_id: uuid.UUID) -> JobOut:

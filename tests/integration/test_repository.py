@@ -197,3 +197,30 @@ async def test_record_finished_writes_job_and_result_once(session_factory: Sessi
         )
     assert failed.status is JobStatus.failed and failed.result is None
     assert failed.error == "not an image"
+
+
+async def test_record_finished_many_inserts_each_new_job_once(session_factory: Sessions) -> None:
+    now = datetime.now(UTC)
+    async with session_factory.begin() as s:
+        taken, _ = await repo.create_job(s, repo.NewJob("basic", idempotency_key="taken"))
+    batch = [
+        repo.FinishedJob(repo.NewJob("basic", job_id=uuid.uuid4()), now, now, a_result(i=i))
+        for i in range(50)
+    ]
+    batch.append(
+        repo.FinishedJob(repo.NewJob("image", job_id=uuid.uuid4()), now, now, None, "no image")
+    )
+    batch.append(
+        repo.FinishedJob(repo.NewJob("basic", idempotency_key="taken"), now, now, a_result())
+    )
+    async with session_factory.begin() as s:
+        assert await repo.record_finished_many(s, batch) == 51
+    async with session_factory.begin() as s:  # replaying the batch inserts nothing
+        assert await repo.record_finished_many(s, batch) == 0
+    async with session_factory() as s:
+        page = await repo.list_history(s, limit=200)
+        one = await repo.get_job(s, batch[7].new.job_id)  # type: ignore[arg-type]
+        holder = await repo.get_job(s, taken.id)
+    assert len(page.items) == 52
+    assert one is not None and one.result is not None and one.result.result["i"] == 7
+    assert holder is not None and holder.result is None  # the key holder was left alone
