@@ -50,8 +50,16 @@ def start(env: Mapping[str, str], host: str, port: int, timeout_s: float = 30) -
         DATA_DIR.mkdir(parents=True, exist_ok=True)
         with open(LOG_FILE, "ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host,
-                 "--port", str(port)],
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "api.main:app",
+                    "--host",
+                    host,
+                    "--port",
+                    str(port),
+                ],
                 cwd=REPO_ROOT,
                 env={**os.environ, **env},
                 stdout=log,

@@ -137,4 +137,3 @@ def run_smoke(target: SmokeTarget) -> list[CheckResult]:
     if target.api_url is not None:
         checks.append(("API ready (/health/ready)", partial(check_api_ready, target.api_url)))
     return [run_check(name, check) for name, check in checks]
-
