@@ -1,20 +1,26 @@
-"""History write: one finished job (``analysis_jobs`` row + ``analysis_results`` row).
+"""History write: finished jobs (``analysis_jobs`` row + ``analysis_results`` row).
 
-Ours, as the API writes it (three transactions: create_job, mark_running, mark_succeeded):
+Ours, through ``app_patch.repository`` (and ``HistoryService`` on top of it):
 
-* ``repository``: ``app_patch.repository`` functions, one session transaction per step;
-* ``service``: ``HistoryService`` (the same plus the Redis write-through and history bump).
+* ``finished``: ``record_finished`` -- what the API does for an analysis that already ran:
+  one transaction per job, N concurrent writers (and ``service_finished``: the same through
+  ``HistoryService``, i.e. plus the Redis write-through and history bump);
+* ``batch``: ``record_finished_many`` -- batches of B jobs, one transaction per batch;
+* ``three_txn``: ``create_job`` + ``mark_running`` + ``mark_succeeded`` -- the state machine,
+  three transactions per job, N concurrent writers.
 
-Limits, same server, same tables, same columns:
+Limits, same server, same tables, same columns and values:
 
-* ``raw executemany``: psycopg ``executemany`` of the final job rows and result rows, in
-  batches, on one connection (the driver's best rate for these rows);
+* ``raw executemany``: psycopg ``executemany`` of the job rows then the result rows, batches of
+  B, one transaction per batch, one connection (the driver's best rate for these rows; the
+  like-for-like limit of ``batch``);
+* ``raw 1 txn/job``: psycopg, the two INSERTs in one transaction per job on N async
+  connections (the like-for-like limit of ``finished``);
 * ``pgbench``: a custom script inserting one job and its result per transaction
   (``-n -c N -j 2 -T secs -f script``) over the same socket.
 
-Context (no target): ``raw 3-txn protocol``: psycopg doing the same three transactions as the
-API with the minimal statements, on N connections. It separates the cost of the protocol
-(three commits per job) from the cost of the Python layers above the driver.
+Context (no target): ``raw 3 txns/job``: psycopg doing the state machine's three transactions
+with minimal SQL, the like-for-like limit of ``three_txn``.
 """
 
 from __future__ import annotations
@@ -87,7 +93,11 @@ def new_job(i: int) -> NewJob:
 # ---------------------------------------------------------------- ours
 
 
-async def write_via_repository(sessions: async_sessionmaker[AsyncSession], i: int) -> None:
+def finished_job(i: int, when: dt.datetime) -> repo.FinishedJob:
+    return repo.FinishedJob(new=new_job(i), started_at=when, finished_at=when, result=result_in())
+
+
+async def write_three_txn(sessions: async_sessionmaker[AsyncSession], i: int) -> None:
     async with sessions.begin() as session:
         job, _ = await repo.create_job(session, new_job(i))
     async with sessions.begin() as session:
@@ -96,27 +106,40 @@ async def write_via_repository(sessions: async_sessionmaker[AsyncSession], i: in
         await repo.mark_succeeded(session, job.id, result_in())
 
 
-async def write_via_service(service: HistoryService, i: int) -> None:
-    job, _ = await service.create_job(new_job(i))
-    await service.mark_running(job.id)
-    await service.mark_succeeded(job.id, result_in())
+async def write_finished(sessions: async_sessionmaker[AsyncSession], i: int) -> None:
+    now = dt.datetime.now(dt.UTC)
+    async with sessions.begin() as session:
+        await repo.record_finished(
+            session, new_job(i), started_at=now, finished_at=now, result=result_in()
+        )
+
+
+async def write_finished_service(service: HistoryService, i: int) -> None:
+    now = dt.datetime.now(dt.UTC)
+    await service.record_finished(new_job(i), started_at=now, finished_at=now, result=result_in())
 
 
 async def _ours(env: BenchEnv, db_url: str, sizes: Sizes, via: str) -> Timed:
     settings = env.settings(db_url)
     engine = create_engine(settings.db, db_url)
     sessions = create_session_factory(engine)
-    cache = RedisCache(settings, env.redis_url) if via == "service" else None
+    cache = RedisCache(settings, env.redis_url) if via == "service_finished" else None
     try:
+        if via == "batch":
+            return await _batched(sessions, sizes)
         if cache is not None:
             service = HistoryService(sessions, cache)
 
             async def work(i: int) -> None:
-                await write_via_service(service, i)
+                await write_finished_service(service, i)
+        elif via == "finished":
+
+            async def work(i: int) -> None:
+                await write_finished(sessions, i)
         else:
 
             async def work(i: int) -> None:
-                await write_via_repository(sessions, i)
+                await write_three_txn(sessions, i)
 
         await run_workers(sizes.concurrency * 2, sizes.concurrency, work)  # warm the pool
         return await run_workers(sizes.jobs, sizes.concurrency, work)
@@ -124,6 +147,23 @@ async def _ours(env: BenchEnv, db_url: str, sizes: Sizes, via: str) -> Timed:
         if cache is not None:
             await cache.close()
         await engine.dispose()
+
+
+async def _batched(sessions: async_sessionmaker[AsyncSession], sizes: Sizes) -> Timed:
+    """``record_finished_many`` in batches, one transaction each, like raw_executemany."""
+    async with sessions.begin() as session:  # warm-up: connection, statements
+        now = dt.datetime.now(dt.UTC)
+        await repo.record_finished_many(session, [finished_job(i, now) for i in range(10)])
+    started = time.perf_counter()
+    for start in range(0, sizes.raw_jobs, sizes.batch):
+        count = min(sizes.batch, sizes.raw_jobs - start)
+        now = dt.datetime.now(dt.UTC)
+        batch = [finished_job(i, now) for i in range(start, start + count)]
+        async with sessions.begin() as session:
+            inserted = await repo.record_finished_many(session, batch)
+        if inserted != count:
+            raise BenchError(f"record_finished_many inserted {inserted} of {count}")
+    return Timed(time.perf_counter() - started, sizes.raw_jobs)
 
 
 # ---------------------------------------------------------------- limits
@@ -172,8 +212,40 @@ def raw_executemany(db_url: str, sizes: Sizes) -> Timed:
         return Timed(time.perf_counter() - started, sizes.raw_jobs)
 
 
+async def raw_one_txn(db_url: str, sizes: Sizes) -> Timed:
+    """Job + result INSERTs in one transaction per job, on ``concurrency`` connections."""
+    conns = [await psycopg.AsyncConnection.connect(libpq(db_url)) for _ in range(sizes.concurrency)]
+    free: asyncio.Queue[psycopg.AsyncConnection[Any]] = asyncio.Queue()
+    for conn in conns:
+        free.put_nowait(conn)
+
+    async def work(i: int) -> None:
+        conn = await free.get()
+        try:
+            now = dt.datetime.now(dt.UTC)
+            job_id = uuid.uuid4()
+            async with conn.transaction():
+                await conn.execute(
+                    INSERT_JOB,
+                    (job_id, "basic", "succeeded", Jsonb({"bench": i}), "bench", now, now, 1),
+                )
+                await conn.execute(
+                    INSERT_RESULT,
+                    (uuid.uuid4(), job_id, Jsonb(RESULT), SUMMARY, *ENGINE, DURATION_MS),
+                )
+        finally:
+            free.put_nowait(conn)
+
+    try:
+        await run_workers(sizes.concurrency * 2, sizes.concurrency, work)
+        return await run_workers(sizes.jobs, sizes.concurrency, work)
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
 async def raw_protocol(db_url: str, sizes: Sizes) -> Timed:
-    """The API's three transactions per job with minimal SQL, on ``concurrency`` connections."""
+    """The state machine's three transactions per job, minimal SQL, ``concurrency`` connections."""
     conns = [await psycopg.AsyncConnection.connect(libpq(db_url)) for _ in range(sizes.concurrency)]
     free: asyncio.Queue[psycopg.AsyncConnection[Any]] = asyncio.Queue()
     for conn in conns:
@@ -264,9 +336,11 @@ def run_pgbench(env: BenchEnv, db_url: str, sizes: Sizes) -> float:
 
 
 def truncate(db_url: str) -> None:
+    """Empty the tables. No VACUUM ANALYZE afterwards: statistics saying "0 rows" would make
+    the foreign-key check of analysis_results a cached sequential scan, and every variant
+    would slow down quadratically as its table grows (an artefact, not a limit)."""
     with psycopg.connect(libpq(db_url), autocommit=True) as conn:
         conn.execute("TRUNCATE analysis_results, artifacts, analysis_jobs")
-        conn.execute("VACUUM ANALYZE analysis_jobs, analysis_results")
 
 
 def count_rows(db_url: str) -> tuple[int, int]:
@@ -279,66 +353,91 @@ def count_rows(db_url: str) -> tuple[int, int]:
 # ---------------------------------------------------------------- the benchmark
 
 
+VARIANTS = ("finished", "service_finished", "batch", "three_txn")
+
+
 def run(env: BenchEnv, quick: bool) -> BenchResult:
     sizes = QUICK if quick else FULL
     db_url = env.create_database("history")
-    samples: dict[str, list[float]] = {
-        k: [] for k in ("repository", "service", "executemany", "protocol", "pgbench")
-    }
+    keys = (*VARIANTS, "executemany", "raw_finished", "pgbench", "protocol")
+    samples: dict[str, list[float]] = {k: [] for k in keys}
     for _ in range(sizes.repetitions):  # variants interleaved, so drift hits all alike
-        truncate(db_url)
-        samples["repository"].append(asyncio.run(_ours(env, db_url, sizes, "repository")).rate)
-        jobs, results = count_rows(db_url)
-        if jobs != results or jobs < sizes.jobs:
-            raise BenchError(f"repository path wrote {jobs} jobs / {results} results")
-        truncate(db_url)
-        samples["service"].append(asyncio.run(_ours(env, db_url, sizes, "service")).rate)
+        for via in VARIANTS:
+            truncate(db_url)
+            samples[via].append(asyncio.run(_ours(env, db_url, sizes, via)).rate)
+            jobs, results = count_rows(db_url)
+            if jobs != results or jobs < sizes.jobs:
+                raise BenchError(f"{via} wrote {jobs} jobs / {results} results")
         truncate(db_url)
         samples["executemany"].append(raw_executemany(db_url, sizes).rate)
+        truncate(db_url)
+        samples["raw_finished"].append(asyncio.run(raw_one_txn(db_url, sizes)).rate)
         truncate(db_url)
         samples["protocol"].append(asyncio.run(raw_protocol(db_url, sizes)).rate)
         truncate(db_url)
         samples["pgbench"].append(run_pgbench(env, db_url, sizes))
     env.drop_database(db_url)
 
-    c = sizes.concurrency
+    c, b = sizes.concurrency, sizes.batch
     return BenchResult(
         name=NAME,
         title=TITLE,
         series=[
             Series(
-                "repository",
-                "ours: repository, 3 txns/job",
+                "finished",
+                "ours: record_finished, 1 txn/job",
                 "jobs/s",
-                samples["repository"],
-                note=f"{c} coroutines, SQLAlchemy pool 20+30",
+                samples["finished"],
+                note=f"{c} coroutines, pool 20+30 (the API's write)",
             ),
             Series(
-                "service",
-                "ours: HistoryService, 3 txns/job + cache",
+                "service_finished",
+                "ours: HistoryService.record_finished",
                 "jobs/s",
-                samples["service"],
-                note=f"{c} coroutines; Redis write-through + bump",
+                samples["service_finished"],
+                note=f"{c} coroutines; + Redis write-through and history bump",
+            ),
+            Series(
+                "batch",
+                f"ours: record_finished_many, {b}/txn",
+                "jobs/s",
+                samples["batch"],
+                note="1 connection, sequential batches",
+            ),
+            Series(
+                "three_txn",
+                "ours: create + running + succeeded, 3 txns/job",
+                "jobs/s",
+                samples["three_txn"],
+                note=f"{c} coroutines (the state machine)",
             ),
             Series(
                 "executemany",
-                "raw psycopg executemany",
+                f"raw psycopg executemany, {b}/txn",
                 "jobs/s",
                 samples["executemany"],
                 role="limit",
-                note=f"1 connection, batches of {sizes.batch}",
+                note="1 connection",
+            ),
+            Series(
+                "raw_finished",
+                "raw psycopg, 1 txn/job",
+                "jobs/s",
+                samples["raw_finished"],
+                role="limit",
+                note=f"{c} async connections, the two INSERTs",
             ),
             Series(
                 "pgbench",
-                "pgbench insert tps",
+                "pgbench insert tps, 1 txn/job",
                 "jobs/s",
                 samples["pgbench"],
                 role="limit",
-                note=f"-n -c {c} -j 2 -T {sizes.pgbench_s}, 1 txn/job",
+                note=f"-n -c {c} -j 2 -T {sizes.pgbench_s}",
             ),
             Series(
                 "protocol",
-                "raw psycopg, same 3 txns/job",
+                "raw psycopg, 3 txns/job",
                 "jobs/s",
                 samples["protocol"],
                 role="context",
@@ -346,21 +445,24 @@ def run(env: BenchEnv, quick: bool) -> BenchResult:
             ),
         ],
         ratios=[
-            Ratio("repository", "executemany", TARGET),
-            Ratio("service", "executemany", TARGET),
-            Ratio("repository", "pgbench"),
-            Ratio("repository", "protocol"),
+            Ratio("batch", "executemany", TARGET),
+            Ratio("finished", "raw_finished", TARGET),
+            Ratio("service_finished", "raw_finished", TARGET),
+            Ratio("finished", "executemany"),
+            Ratio("finished", "pgbench"),
+            Ratio("three_txn", "protocol"),
         ],
         params={
             "jobs_per_rep": sizes.jobs,
-            "executemany_jobs_per_rep": sizes.raw_jobs,
+            "batched_jobs_per_rep": sizes.raw_jobs,
+            "batch": b,
             "concurrency": c,
             "repetitions": sizes.repetitions,
         },
         notes=[
             "A job is 1 analysis_jobs row + 1 analysis_results row with the same columns and "
             "values in every variant; tables are truncated before each measurement.",
-            "Ours and the 3-txn context commit three times per job (synchronous_commit=on), "
-            "as the API does; executemany and pgbench write the final rows at once.",
+            "Targets apply like for like: batched vs batched, one transaction per job vs one "
+            "transaction per job (synchronous_commit=on: each commit waits for its WAL flush).",
         ],
     )

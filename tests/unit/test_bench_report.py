@@ -279,8 +279,8 @@ def test_server_targets_from_urls() -> None:
 
 def test_benchmark_selection_keeps_the_canonical_order() -> None:
     assert [b.name for b in bench_run.select(None)] == list(bench_run.NAMES)
-    picked = bench_run.select(["up", "history_write"])
-    assert [b.name for b in picked] == ["history_write", "up"]
+    picked = bench_run.select(["retention_sweep", "up", "history_write"])
+    assert [b.name for b in picked] == ["history_write", "up", "retention_sweep"]
     with pytest.raises(ValueError, match="unknown benchmark"):
         bench_run.select(["nope"])
 
