@@ -47,7 +47,7 @@ class Sizes:
     repetitions: int
 
 
-QUICK = Sizes(files=5_000, repetitions=3)
+QUICK = Sizes(files=2_000, repetitions=3)
 FULL = Sizes(files=100_000, repetitions=3)
 
 
