@@ -157,6 +157,8 @@ def bench(c: Context, quick: bool = False, only: str = "", out: str = "") -> Non
         )
     except BenchmarkFailed as exc:
         raise Exit(f"error: benchmark failed: {exc}", code=1) from None
+    except ValueError as exc:  # an unknown --only name
+        raise Exit(f"error: {exc}", code=1) from None
 
 
 ns = Collection(secrets, migrate, db_status, up, down, verify, serve, test, bench)

@@ -160,7 +160,7 @@ async def record_finished_many(session: AsyncSession, jobs: Sequence[FinishedJob
             await session.scalars(
                 insert(AnalysisJob)
                 .on_conflict_do_nothing()
-                .returning(AnalysisJob.id, sort_by_parameter_order=True),
+                .returning(AnalysisJob.id),  # a set: ordered RETURNING would unbatch it
                 rows,
             )
         ).all()

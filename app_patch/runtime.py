@@ -27,13 +27,18 @@ T = TypeVar("T")
 
 
 class Analysis(Protocol):
-    """What an analyser returns (see api/analysis.py)."""
+    """What an analyser returns (see api/analysis.py); read-only, so frozen dataclasses fit."""
 
-    result: dict[str, Any]
-    summary: str
-    duration_ms: float
-    engine_name: str
-    engine_version: str
+    @property
+    def result(self) -> dict[str, Any]: ...
+    @property
+    def summary(self) -> str: ...
+    @property
+    def duration_ms(self) -> float: ...
+    @property
+    def engine_name(self) -> str: ...
+    @property
+    def engine_version(self) -> str: ...
 
 
 class Analyser(Protocol):
