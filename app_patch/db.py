@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,6 +20,9 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from app_patch.settings import DatabaseSettings
+
+# SQLAlchemy names a pool's logger after its class: keep ours as quiet as its own pools
+logging.getLogger(f"{__name__}.ObservedQueuePool").setLevel(logging.WARNING)
 
 PoolObserver = Callable[[float, bool], None]
 """Called after every checkout with (seconds waited, timed out)."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app_patch import health, routes
 from app_patch.logs import configure_logging
@@ -94,36 +96,50 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DependencyUnavailableError, dependency_down)
 
 
-def _route_template(request: Request) -> str:
-    """The matched route's path template (``/analyses/{job_id}``): low-cardinality labels."""
-    route = request.scope.get("route")
-    return str(getattr(route, "path", "unmatched"))
+class RequestContextMiddleware:
+    """Pure ASGI (no BaseHTTPMiddleware task/stream per request): request id in and out and in
+    every log line, latency per route template, and an early 413 on a declared oversize body.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_upload_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_upload_bytes = max_upload_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        request_id = (headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex)[:64]
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        try:
+            declared = headers.get("content-length", "")
+            limit = self.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+            if declared.isdigit() and int(declared) > limit:
+                too_large = _error(
+                    413, f"upload larger than the limit of {self.max_upload_bytes} bytes"
+                )
+                await too_large(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.request_seconds.labels(scope["method"], str(route), str(status)).observe(
+                time.perf_counter() - started
+            )
+            structlog.contextvars.unbind_contextvars("request_id")
 
 
 def _add_request_middleware(app: FastAPI, metrics: Metrics, max_upload_bytes: int) -> None:
-    @app.middleware("http")
-    async def request_context(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-        structlog.contextvars.bind_contextvars(request_id=request_id[:64])
-        started = time.perf_counter()
-        try:
-            declared = request.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > max_upload_bytes + MULTIPART_OVERHEAD_BYTES:
-                response: Response = _error(
-                    413, f"upload larger than the limit of {max_upload_bytes} bytes"
-                )
-            else:
-                response = await call_next(request)
-            response.headers[REQUEST_ID_HEADER] = request_id[:64]
-            return response
-        finally:
-            elapsed = time.perf_counter() - started
-            status = locals().get("response")
-            metrics.request_seconds.labels(
-                request.method,
-                _route_template(request),
-                str(status.status_code) if status is not None else "500",
-            ).observe(elapsed)
-            structlog.contextvars.unbind_contextvars("request_id")
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_upload_bytes=max_upload_bytes)

@@ -50,6 +50,10 @@ async def test_metrics_expose_every_family_with_live_values(
             assert (await client.get(f"/analyses/{created.json()['id']}")).status_code == 200
     assert (await client.get("/analyses?limit=3")).status_code == 200
 
+    echoed = await client.get("/health/live", headers={"X-Request-ID": "req-echo-1"})
+    assert echoed.headers["X-Request-ID"] == "req-echo-1"
+    assert (await client.get("/no-such-route")).headers["X-Request-ID"]  # generated
+
     scrape = await client.get("/metrics")
     assert scrape.status_code == 200
     found = samples(scrape.text)
