@@ -31,7 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app_patch.models import Artifact, MediaFile
-from app_patch.repository import JobNotFoundError
+from app_patch.repository import JobNotFoundError, MediaSnapshot
 from app_patch.settings import RetentionSettings
 from app_patch.storage import (
     StagedFile,
@@ -196,6 +196,26 @@ class MediaStore:
             created=before is None or before.deleted_at is not None,
             original_name=row.original_name,
         )
+
+    async def register_placed(
+        self, session: AsyncSession, media: MediaSnapshot
+    ) -> uuid.UUID | None:
+        """Make the row of a file placed earlier live (outbox replay), in the caller's
+        transaction: under the key lock uploads and the orphan sweeper take, so the file cannot
+        go between the check and the commit. None when the file is already gone."""
+        await lock_storage_key(session, media.storage_key)
+        if not self.storage.exists(media.storage_key):
+            return None
+        row = await self._upsert_media(
+            session,
+            media.sha256,
+            media.size_bytes,
+            media.storage_key,
+            clean_content_type(media.content_type),
+            clean_original_name(media.original_name),
+        )
+        media_id: uuid.UUID = row.id
+        return media_id
 
     async def _upsert_media(
         self,

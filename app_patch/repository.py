@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +13,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from app_patch.models import AnalysisJob, AnalysisResult, JobStatus, MediaFile
+from app_patch.models import AnalysisJob, AnalysisResult, JobStatus
 from app_patch.schemas import (
     HistoryFilter,
     HistoryPage,
@@ -303,23 +303,8 @@ class MediaSnapshot:
     original_name: str | None = None
 
 
-async def upsert_media(session: AsyncSession, media: MediaSnapshot) -> uuid.UUID:
-    """The live ``media_files`` row for this content, created or revived (touching access)."""
-    stmt = insert(MediaFile).values(id=uuid.uuid4(), **asdict(media))
-    upsert = stmt.on_conflict_do_update(
-        index_elements=["sha256"],
-        set_={
-            "last_accessed_at": func.now(),
-            "deleted_at": None,
-            "storage_key": stmt.excluded.storage_key,
-        },
-    ).returning(MediaFile.id)
-    media_id: uuid.UUID = (await session.execute(upsert)).scalar_one()
-    return media_id
-
-
 async def upsert_job_snapshot(
-    session: AsyncSession, job: JobOut, media: MediaSnapshot | None
+    session: AsyncSession, job: JobOut, media_file_id: uuid.UUID | None
 ) -> bool:
     """Write a job (and its result) exactly as the snapshot says; replaying twice is a no-op.
 
@@ -334,9 +319,8 @@ async def upsert_job_snapshot(
         )
         if holder is not None and holder != job.id:
             idempotency_key, key_kept = None, False
-    media_id = await upsert_media(session, media) if media is not None else job.media_file_id
     values = job.model_dump(exclude={"result", "media_file_id", "idempotency_key"})
-    values.update(media_file_id=media_id, idempotency_key=idempotency_key)
+    values.update(media_file_id=media_file_id, idempotency_key=idempotency_key)
     stmt = insert(AnalysisJob).values(**values)
     await session.execute(
         stmt.on_conflict_do_update(

@@ -24,9 +24,10 @@ from purgatory.domain.model import OpenedState
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app_patch.media import lock_storage_key
+from app_patch.media import MediaStore
 from app_patch.repository import MediaSnapshot, upsert_job_snapshot
 from app_patch.schemas import JobOut
+from app_patch.storage import fsync_dir
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -147,11 +148,7 @@ class Outbox:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, final)
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(self.directory)
 
     def get(self, job_id: uuid.UUID) -> OutboxEntry | None:
         try:
@@ -179,17 +176,17 @@ class OutboxReplayer:
         outbox: Outbox,
         session_factory: async_sessionmaker[AsyncSession],
         breaker: Breaker,
+        media: MediaStore,
         *,
         interval_s: float,
         on_replayed: Callable[[JobOut], Awaitable[None]] | None = None,
-        file_exists: Callable[[str], bool] | None = None,
     ) -> None:
         self.outbox = outbox
         self.session_factory = session_factory
         self.breaker = breaker
         self.interval_s = interval_s
         self.on_replayed = on_replayed
-        self.file_exists = file_exists
+        self.media = media
         self.replayed_total = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -218,15 +215,12 @@ class OutboxReplayer:
 
     async def _write(self, entry: OutboxEntry) -> None:
         async with self.session_factory.begin() as session:
-            media = entry.media
-            if media is not None and self.file_exists is not None:
-                # the same key lock uploads and the orphan sweeper take: the file cannot go
-                # between this check and the commit that makes its row live
-                await lock_storage_key(session, media.storage_key)
-                if not self.file_exists(media.storage_key):
+            media_id = None
+            if entry.media is not None:
+                media_id = await self.media.register_placed(session, entry.media)
+                if media_id is None:
                     log.warning("replayed job %s without its media: file gone", entry.job.id)
-                    media = None
-            if not await upsert_job_snapshot(session, entry.job, media):
+            if not await upsert_job_snapshot(session, entry.job, media_id):
                 log.warning("replayed job %s without its idempotency key (taken)", entry.job.id)
 
     async def _run(self) -> None:

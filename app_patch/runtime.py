@@ -151,13 +151,14 @@ async def open_runtime(
     async def after_replay(job: JobOut) -> None:
         await history.invalidate_job(job.id)
 
+    media = MediaStore(sessions, storage, settings.retention)
     replayer = OutboxReplayer(
         outbox,
         sessions,
         db_breaker,
+        media,
         interval_s=settings.resilience.replay_interval_s,
         on_replayed=after_replay,
-        file_exists=storage.exists,
     )
     runtime = Runtime(
         settings=settings,
@@ -167,7 +168,7 @@ async def open_runtime(
         cache=cache,
         history=history,
         storage=storage,
-        media=MediaStore(sessions, storage, settings.retention),
+        media=media,
         outbox=outbox,
         replayer=replayer,
         metrics=metrics,

@@ -356,7 +356,7 @@ class Storage:
                 self._mkdir_synced(final.parent)
                 os.rename(staged.path, final)
                 staged.placed = True
-                _fsync_dir(final.parent)
+                fsync_dir(final.parent)
             except OSError as exc:
                 raise StorageUnavailableError.from_os(exc, f"place {key}") from exc
             return True
@@ -373,7 +373,7 @@ class Storage:
         for path in reversed(missing):
             with suppress(FileExistsError):
                 path.mkdir()
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
 
     def _probe(self) -> None:
         """Create, fsync and remove a file in tmp/: the store is really writable."""
@@ -534,7 +534,7 @@ class Storage:
 # ---------------------------------------------------------------- helpers
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)

@@ -11,9 +11,12 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app_patch import repository as repo
+from app_patch.media import MediaStore
 from app_patch.models import AnalysisJob, AnalysisResult, JobStatus, MediaFile
 from app_patch.resilience import Breaker, Outbox, OutboxEntry, OutboxReplayer, is_database_outage
 from app_patch.schemas import JobOut, ResultOut
+from app_patch.settings import RetentionSettings, StorageSettings
+from app_patch.storage import Storage
 
 pytestmark = pytest.mark.usefixtures("clean_db")
 
@@ -55,7 +58,19 @@ def media(sha: str = "a" * 64) -> repo.MediaSnapshot:
 
 def replayer(tmp_path: Path, sessions: async_sessionmaker[AsyncSession]) -> OutboxReplayer:
     breaker = Breaker("postgres", threshold=3, recovery_s=1, is_outage=is_database_outage)
-    return OutboxReplayer(Outbox(tmp_path / "outbox"), sessions, breaker, interval_s=0.1)
+    store = MediaStore(sessions, storage(tmp_path), RetentionSettings())
+    return OutboxReplayer(Outbox(tmp_path / "outbox"), sessions, breaker, store, interval_s=0.1)
+
+
+def storage(tmp_path: Path) -> Storage:
+    return Storage(StorageSettings(root=tmp_path / "storage"))
+
+
+def place_file(tmp_path: Path, snapshot: repo.MediaSnapshot) -> None:
+    """The upload the API stored before PostgreSQL went down."""
+    path = storage(tmp_path).path_for(snapshot.storage_key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"abc")
 
 
 async def counts(sessions: async_sessionmaker[AsyncSession]) -> tuple[int, int, int]:
@@ -76,6 +91,7 @@ async def test_entries_survive_a_reopen_and_replay_exactly_once(
         writer.append(OutboxEntry(job, media()))
     assert writer.get(jobs[0].id) == OutboxEntry(jobs[0], media())
 
+    place_file(tmp_path, media())
     first = replayer(tmp_path, session_factory)  # a new process would see the same files
     assert first.outbox.backlog() == 5
     assert await first.drain_once() == 5
@@ -122,14 +138,7 @@ async def test_corrupt_entry_is_set_aside(
 async def test_replay_drops_media_whose_file_is_gone(
     tmp_path: Path, session_factory: async_sessionmaker[AsyncSession]
 ) -> None:
-    breaker = Breaker("postgres", threshold=3, recovery_s=1, is_outage=is_database_outage)
-    replay = OutboxReplayer(
-        Outbox(tmp_path / "outbox"),
-        session_factory,
-        breaker,
-        interval_s=0.1,
-        file_exists=lambda key: False,
-    )
+    replay = replayer(tmp_path, session_factory)  # and no file under the media's key
     job = finished_job()
     replay.outbox.append(OutboxEntry(job, media()))
     assert await replay.drain_once() == 1
