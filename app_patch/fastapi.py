@@ -17,10 +17,12 @@ from app_patch import health, routes
 from app_patch.logs import configure_logging
 from app_patch.metrics import Metrics
 from app_patch.resilience import DependencyUnavailableError
-from app_patch.runtime import Analyser, close_runtime, open_runtime
+from app_patch.runtime import close_runtime, open_runtime
 from app_patch.schemas import InvalidCursorError
 from app_patch.settings import Settings, get_settings
 from app_patch.storage import StorageKeyError, StorageUnavailableError, UploadTooLargeError
+from app_patch.store_identity import StoreMismatchError
+from app_patch.submission import Analyser
 
 log = structlog.get_logger(__name__)
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -84,15 +86,20 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(400, str(exc))
 
     async def storage_down(_: Request, exc: Exception) -> Response:
-        return _error(507, str(exc))
+        log.error("storage unavailable", cause=str(exc))
+        return _error(507, "storage unavailable: the upload was not stored")
 
     async def dependency_down(_: Request, exc: Exception) -> Response:
-        return _error(503, str(exc), {"Retry-After": routes.RETRY_AFTER_S})
+        log.warning("dependency unavailable", cause=str(exc))
+        return _error(
+            503, "temporarily unavailable; retry later", {"Retry-After": routes.RETRY_AFTER_S}
+        )
 
     app.add_exception_handler(UploadTooLargeError, too_large)
     app.add_exception_handler(InvalidCursorError, bad_cursor)
     app.add_exception_handler(StorageKeyError, bad_key)
     app.add_exception_handler(StorageUnavailableError, storage_down)
+    app.add_exception_handler(StoreMismatchError, storage_down)
     app.add_exception_handler(DependencyUnavailableError, dependency_down)
 
 

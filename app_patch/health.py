@@ -6,7 +6,7 @@ import asyncio
 from typing import Literal
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from app_patch.runtime import Runtime
@@ -30,6 +30,7 @@ class Ready(BaseModel):
     status: DependencyState
     checks: dict[str, DependencyState]
     outbox_backlog: int
+    outbox_failed: int = Field(description="entries set aside (invoke outbox lists them)")
     storage_usage: dict[str, AreaFigures]
 
 
@@ -83,7 +84,13 @@ async def live() -> Live:
 async def ready(request: Request, response: Response) -> Ready:
     rt = _runtime(request)
     pg, cache, store = await asyncio.gather(postgres_state(rt), redis_state(rt), storage_state(rt))
-    checks: dict[str, DependencyState] = {"postgres": pg, "redis": cache, "storage": store}
+    failed = await asyncio.to_thread(rt.outbox.failed_count)
+    checks: dict[str, DependencyState] = {
+        "postgres": pg,
+        "redis": cache,
+        "storage": store,
+        "outbox": "degraded" if failed else "ok",  # poison entries wait for an operator
+    }
     if store == "down":
         overall: DependencyState = "down"  # uploads cannot be stored: nothing to serve
     elif all(state == "ok" for state in checks.values()):
@@ -96,6 +103,7 @@ async def ready(request: Request, response: Response) -> Ready:
         status=overall,
         checks=checks,
         outbox_backlog=await asyncio.to_thread(rt.outbox.backlog),
+        outbox_failed=failed,
         storage_usage={a: AreaFigures(files=n, bytes=b) for a, (n, b) in usage.items()},
     )
 

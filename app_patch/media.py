@@ -21,7 +21,6 @@ import os
 import re
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
-from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -30,6 +29,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app_patch import store_identity
+from app_patch.file_locks import lock_key
 from app_patch.models import Artifact, MediaFile
 from app_patch.repository import JobNotFoundError, MediaSnapshot
 from app_patch.settings import RetentionSettings
@@ -39,7 +40,6 @@ from app_patch.storage import (
     StoredFileMissingError,
     artifact_key,
     in_thread,
-    key_lock_id,
     upload_key,
 )
 
@@ -80,7 +80,9 @@ class StoredArtifact:
 class OpenedFile:
     """An open file ready to stream; it stays readable even if retention unlinks it now.
 
-    Iterate ``chunks()`` exactly once (it closes the file), or call ``close()``.
+    Iterate ``chunks()`` at most once; ``close()`` is idempotent and must run whatever happens
+    to the response (``chunks()`` closes at its end, the HTTP layer closes in a ``finally``,
+    so a client that leaves before the body is sent leaks no descriptor).
     """
 
     storage_key: str
@@ -91,12 +93,21 @@ class OpenedFile:
     _fd: int = field(repr=False)
 
     async def chunks(self, chunk_size: int | None = None) -> AsyncIterator[bytes]:
-        fd, self._fd = self._fd, -1
-        if fd < 0:
-            raise RuntimeError("file already consumed or closed")
-        async with aclosing(self._storage.read_chunks(fd, chunk_size)) as stream:
-            async for data in stream:
+        size = chunk_size or self._storage.settings.chunk_bytes
+        try:
+            for _ in range(1 << 40):  # bounded: a chunk per iteration until EOF
+                if self._fd < 0:
+                    raise RuntimeError("file already consumed or closed")
+                data = await in_thread(os.read, self._fd, size)
+                if not data:
+                    return
                 yield data
+        finally:
+            self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
 
     def close(self) -> None:
         fd, self._fd = self._fd, -1
@@ -131,6 +142,17 @@ class MediaStore:
         self.sessions = sessions
         self.storage = storage
         self.retention = retention
+        self.identity_checked = False
+
+    async def check_identity(self) -> None:
+        """Record this root as the database's store, or refuse a root that is not
+        (``StoreMismatchError``); checked once per process, before the first write."""
+        if self.identity_checked:
+            return
+        async with self.sessions.begin() as session:
+            conn = await session.connection()
+            await store_identity.check_for_writer(conn, self.storage.root)
+        self.identity_checked = True
 
     @property
     def _uploads_ttl(self) -> timedelta:
@@ -169,8 +191,9 @@ class MediaStore:
         Call it inside the ``storage.stage()`` block, before placing the file yourself.
         """
         key = upload_key(staged.sha256)
+        await self.check_identity()
         async with self.sessions.begin() as session:
-            await lock_storage_key(session, key)
+            await lock_key(session, key)
             before = (
                 await session.execute(
                     select(MediaFile.deleted_at)
@@ -201,10 +224,14 @@ class MediaStore:
         self, session: AsyncSession, media: MediaSnapshot
     ) -> uuid.UUID | None:
         """Make the row of a file placed earlier live (outbox replay), in the caller's
-        transaction: under the key lock uploads and the orphan sweeper take, so the file cannot
-        go between the check and the commit. None when the file is already gone."""
-        await lock_storage_key(session, media.storage_key)
-        if not self.storage.exists(media.storage_key):
+        transaction, in the order of ``file_locks``: key lock, row lock, then the file check,
+        so no sweeper can remove the file between the check and the commit. None when the
+        file is already gone."""
+        await lock_key(session, media.storage_key)
+        await session.execute(
+            select(MediaFile.id).where(MediaFile.sha256 == media.sha256).with_for_update()
+        )
+        if not await in_thread(self.storage.exists, media.storage_key):
             return None
         row = await self._upsert_media(
             session,
@@ -306,12 +333,13 @@ class MediaStore:
         key = artifact_key(job_id, kind, ext, datetime.now(UTC).date())
         ttl = timedelta(days=self.retention.artifacts_days)
         ctype = clean_content_type(content_type)
+        await self.check_identity()
         try:
             async with (
                 self.storage.stage(chunks, max_bytes=max_bytes) as staged,
                 self.sessions.begin() as session,
             ):
-                await lock_storage_key(session, key)
+                await lock_key(session, key)
                 stmt = insert(Artifact).values(
                     id=uuid.uuid4(),
                     job_id=job_id,
@@ -375,10 +403,3 @@ class MediaStore:
             # a live row whose file is gone: retention's "missing" policy will mark it
             raise MediaNotFoundError(f"file missing for {key}") from None
         return OpenedFile(key, sha256, size, content_type, self.storage, fd)
-
-
-async def lock_storage_key(session: AsyncSession, key: str) -> None:
-    """Hold, until the transaction ends, the lock that orphan reconciliation takes before it
-    removes a file without a live row: any code that makes a row live for an existing file
-    (an upsert, an outbox replay) must take it, then check that the file is still there."""
-    await session.execute(select(func.pg_advisory_xact_lock(key_lock_id(key))))

@@ -46,6 +46,7 @@ class LiveSources:
     breakers: Callable[[], Mapping[str, str]]
     cache_counters: Callable[[], Mapping[str, Mapping[str, int]]]
     outbox_backlog: Callable[[], int]
+    outbox_failed: Callable[[], int]
     storage_usage: Callable[[], Mapping[str, tuple[int, int]]]
     retention: Callable[[], RetentionTotals]
 
@@ -85,6 +86,11 @@ class LiveCollector(Collector):
             "ma_outbox_backlog",
             "Job snapshots waiting for PostgreSQL",
             value=self.sources.outbox_backlog(),
+        )
+        yield GaugeMetricFamily(
+            "ma_outbox_failed",
+            "Outbox entries set aside after a non-outage failure (invoke outbox lists them)",
+            value=self.sources.outbox_failed(),
         )
 
         files = GaugeMetricFamily("ma_storage_files", "Files per storage area", labels=["area"])

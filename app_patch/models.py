@@ -13,6 +13,8 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
+    CheckConstraint,
     DateTime,
     Enum,
     Float,
@@ -108,6 +110,9 @@ class AnalysisJob(Base):
     params: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     client_ref: Mapped[str | None] = mapped_column(String(255))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # sha256 of what the request asked (type, file, parameters): a key reused for another
+    # request is a conflict (409), not a silent replay of the first answer
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(server_default=_now_default())
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -195,6 +200,22 @@ class RetentionEvent(Base):
         Index("ix_retention_events_occurred_at", "occurred_at"),
         Index("ix_retention_events_object_type_object_id", "object_type", "object_id"),
     )
+
+
+class StoreIdentity(Base):
+    """The one storage root this database's rows point into (a single row).
+
+    The root holds the same id in a marker file; reconciling retention refuses a root whose
+    marker differs, so a wrong ``MA_STORAGE_ROOT`` can never make live files look missing.
+    """
+
+    __tablename__ = "store_identity"
+
+    singleton: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=text("true"))
+    store_id: Mapped[uuid.UUID]
+    recorded_at: Mapped[datetime] = mapped_column(server_default=_now_default())
+
+    __table_args__ = (CheckConstraint("singleton", name="singleton"),)
 
 
 ALL_TABLES = tuple(Base.metadata.sorted_tables)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -43,6 +44,15 @@ class NewJob:
     client_ref: str | None = None
     idempotency_key: str | None = None
     job_id: uuid.UUID | None = None
+    request_fingerprint: str | None = None
+
+
+class IdempotencyConflictError(ValueError):
+    """An Idempotency-Key already names a job made from a different request (HTTP 409)."""
+
+    @classmethod
+    def reused(cls) -> IdempotencyConflictError:
+        return cls("the Idempotency-Key was used for another request (other file or fields)")
 
 
 def _new_job_values(new: NewJob, status: JobStatus) -> dict[str, Any]:
@@ -53,6 +63,7 @@ def _new_job_values(new: NewJob, status: JobStatus) -> dict[str, Any]:
         "params": new.params or {},
         "client_ref": new.client_ref,
         "idempotency_key": new.idempotency_key,
+        "request_fingerprint": new.request_fingerprint,
         "status": status,
     }
 
@@ -71,12 +82,32 @@ async def _insert_job(session: AsyncSession, values: dict[str, Any]) -> tuple[Jo
     returned = await session.execute(stmt.returning(*_JOB_COLUMNS))
     row = returned.mappings().one_or_none()
     if row is None:
-        existing = await session.scalar(
-            select(AnalysisJob.id).where(AnalysisJob.idempotency_key == values["idempotency_key"])
-        )
-        assert existing is not None  # the conflicting row is committed, so it is visible
-        return await get_job_or_raise(session, existing), False
+        holder = await job_by_key(session, values["idempotency_key"])
+        assert holder is not None  # the conflicting row is committed, so it is visible
+        job, fingerprint = holder
+        if not same_request(fingerprint, values["request_fingerprint"]):
+            raise IdempotencyConflictError.reused()
+        return job, False
     return JobOut.model_validate({**row, "result": None}), True
+
+
+def same_request(held: str | None, asked: str | None) -> bool:
+    """Unknown fingerprints (jobs written before fingerprints existed) match anything."""
+    return held is None or asked is None or held == asked
+
+
+async def job_by_key(session: AsyncSession, key: str) -> tuple[JobOut, str | None] | None:
+    """The job an idempotency key names, with the fingerprint of the request that made it."""
+    found = (
+        await session.execute(
+            select(AnalysisJob.id, AnalysisJob.request_fingerprint).where(
+                AnalysisJob.idempotency_key == key
+            )
+        )
+    ).one_or_none()
+    if found is None:
+        return None
+    return await get_job_or_raise(session, found.id), found.request_fingerprint
 
 
 async def _insert_result(session: AsyncSession, job_id: uuid.UUID, result: ResultIn) -> ResultOut:
@@ -96,41 +127,54 @@ async def create_job(session: AsyncSession, new: NewJob) -> tuple[JobOut, bool]:
     return await _insert_job(session, _new_job_values(new, JobStatus.queued))
 
 
-async def record_finished(
-    session: AsyncSession,
-    new: NewJob,
-    *,
-    started_at: datetime,
-    finished_at: datetime,
-    result: ResultIn | None,
-    error: str | None = None,
-) -> tuple[JobOut, bool]:
-    """One statement pair for an analysis that already ran: the job, finished, with its result.
-
-    What a synchronous API records (no queued/running rows for anyone to see); an idempotency
-    key already used returns that job instead, untouched. Returns ``(job, created)``.
-    """
-    status = JobStatus.succeeded if result is not None else JobStatus.failed
-    values = _new_job_values(new, status) | {
-        "created_at": started_at,
-        "started_at": started_at,
-        "finished_at": finished_at,
-        "error": error,
-        "attempts": 1,
-    }
-    job, created = await _insert_job(session, values)
-    if created and result is not None:
-        job = job.model_copy(update={"result": await _insert_result(session, job.id, result)})
-    return job, created
-
-
 @dataclass(frozen=True)
 class FinishedJob:
+    """An analysis that already ran: the one shape every writer of a finished job uses (the
+    API's transaction, the outbox while PostgreSQL is down, its replay, bulk writers)."""
+
     new: NewJob
     started_at: datetime
     finished_at: datetime
     result: ResultIn | None
     error: str | None = None
+
+    @property
+    def status(self) -> JobStatus:
+        return JobStatus.succeeded if self.result is not None else JobStatus.failed
+
+    def row_values(self) -> dict[str, Any]:
+        """The ``analysis_jobs`` row (a job id is drawn here when the caller gave none)."""
+        new = self.new if self.new.job_id else replace(self.new, job_id=uuid.uuid4())
+        return _new_job_values(new, self.status) | {
+            "created_at": self.started_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "error": self.error,
+            "attempts": 1,
+        }
+
+    def as_job(self, media_file_id: uuid.UUID | None = None) -> JobOut:
+        """The job as the history will show it (for answers given before PostgreSQL has it)."""
+        values = self.row_values()
+        values.pop("request_fingerprint")
+        result = None
+        if self.result is not None:
+            result = ResultOut(**self.result.model_dump(), created_at=self.finished_at)
+        return JobOut(**(values | {"media_file_id": media_file_id}), result=result)
+
+
+async def record_finished(session: AsyncSession, finished: FinishedJob) -> tuple[JobOut, bool]:
+    """One statement pair for an analysis that already ran: the job, finished, with its result.
+
+    What a synchronous API records (no queued/running rows for anyone to see); an idempotency
+    key already used by the same request returns that job instead, untouched, and one used by
+    another request raises ``IdempotencyConflictError``. Returns ``(job, created)``.
+    """
+    job, created = await _insert_job(session, finished.row_values())
+    if created and finished.result is not None:
+        stored = await _insert_result(session, job.id, finished.result)
+        job = job.model_copy(update={"result": stored})
+    return job, created
 
 
 async def record_finished_many(session: AsyncSession, jobs: Sequence[FinishedJob]) -> int:
@@ -141,20 +185,7 @@ async def record_finished_many(session: AsyncSession, jobs: Sequence[FinishedJob
     """
     if not jobs:
         return 0
-    rows = []
-    for item in jobs:
-        new = replace(item.new, job_id=item.new.job_id or uuid.uuid4())
-        status = JobStatus.succeeded if item.result is not None else JobStatus.failed
-        rows.append(
-            _new_job_values(new, status)
-            | {
-                "created_at": item.started_at,
-                "started_at": item.started_at,
-                "finished_at": item.finished_at,
-                "error": item.error,
-                "attempts": 1,
-            }
-        )
+    rows = [item.row_values() for item in jobs]
     inserted = set(
         (
             await session.scalars(
@@ -303,35 +334,42 @@ class MediaSnapshot:
     original_name: str | None = None
 
 
-async def upsert_job_snapshot(
-    session: AsyncSession, job: JobOut, media_file_id: uuid.UUID | None
-) -> bool:
-    """Write a job (and its result) exactly as the snapshot says; replaying twice is a no-op.
+class ReplayOutcome(enum.StrEnum):
+    inserted = "inserted"  # the job is in the history now (or was already: a repeated replay)
+    merged = "merged"  # its key names an earlier job of the same request: that job stands
+    key_dropped = "key_dropped"  # its key names another request's job: stored without it
 
-    Used by the outbox replayer. Returns False when an idempotency key was already taken by
-    another job (the snapshot is then stored without its key, so nothing is lost).
+
+async def replay_finished(
+    session: AsyncSession, finished: FinishedJob, media_file_id: uuid.UUID | None
+) -> tuple[ReplayOutcome, uuid.UUID]:
+    """Write a job accepted while PostgreSQL was down; replaying it twice is a no-op.
+
+    Returns what happened and the id of the job that now stands for the request.
     """
-    key_kept = True
-    idempotency_key = job.idempotency_key
-    if idempotency_key is not None:
-        holder = await session.scalar(
-            select(AnalysisJob.id).where(AnalysisJob.idempotency_key == idempotency_key)
+    values = finished.row_values() | {"media_file_id": media_file_id}
+    job_id: uuid.UUID = values["id"]
+    key = values["idempotency_key"]
+    outcome = ReplayOutcome.inserted
+    for _ in range(2):  # at most once more, without the key
+        inserted = await session.scalar(
+            insert(AnalysisJob).values(**values).on_conflict_do_nothing().returning(AnalysisJob.id)
         )
-        if holder is not None and holder != job.id:
-            idempotency_key, key_kept = None, False
-    values = job.model_dump(exclude={"result", "media_file_id", "idempotency_key"})
-    values.update(media_file_id=media_file_id, idempotency_key=idempotency_key)
-    stmt = insert(AnalysisJob).values(**values)
-    await session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["id"],
-            set_={col: stmt.excluded[col] for col in values if col not in {"id", "created_at"}},
-        )
-    )
-    if job.result is not None:
+        if inserted is not None:
+            break
+        if await session.scalar(select(AnalysisJob.id).where(AnalysisJob.id == job_id)):
+            return ReplayOutcome.inserted, job_id  # replayed before
+        holder = await job_by_key(session, key) if key is not None else None
+        if holder is None:
+            raise LookupError(f"job {job_id} conflicts with a row that is not visible")
+        if same_request(holder[1], values["request_fingerprint"]):
+            return ReplayOutcome.merged, holder[0].id
+        values |= {"idempotency_key": None}
+        outcome = ReplayOutcome.key_dropped
+    if finished.result is not None:
         await session.execute(
             insert(AnalysisResult)
-            .values(id=uuid.uuid4(), job_id=job.id, **job.result.model_dump())
+            .values(id=uuid.uuid4(), job_id=job_id, **finished.result.model_dump())
             .on_conflict_do_nothing(index_elements=["job_id"])
         )
-    return key_kept
+    return outcome, job_id

@@ -41,7 +41,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -58,14 +58,16 @@ from sqlalchemy import (
     literal,
     or_,
     select,
-    text,
     union_all,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app_patch import store_identity
 from app_patch.errors import OperatorError
+from app_patch.file_locks import try_lock_keys, try_lock_keys_for_session, unlock_session_keys
 from app_patch.models import Artifact, MediaFile, RetentionEvent
+from app_patch.outbox import Outbox
 from app_patch.settings import RetentionSettings, Settings
 from app_patch.storage import (
     ARTIFACTS,
@@ -77,7 +79,6 @@ from app_patch.storage import (
     StorageKeyError,
     StorageUnavailableError,
     in_thread,
-    key_lock_id,
     sha256_of_upload_key,
 )
 
@@ -203,13 +204,32 @@ class _Victim:
     reason: str
 
 
-class Sweeper:
-    """Applies the policies to one database and one storage root."""
+MediaDeleted = Callable[[list[str]], Awaitable[None]]
+"""Called after each commit with the sha256 of the media files it deleted (cache upkeep)."""
 
-    def __init__(self, engine: AsyncEngine, storage: Storage, settings: RetentionSettings) -> None:
+
+class Sweeper:
+    """Applies the policies to one database and one storage root, which must belong together
+    (``store_identity``): a sweep against a root the database does not record refuses."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        storage: Storage,
+        settings: RetentionSettings,
+        *,
+        on_media_deleted: MediaDeleted | None = None,
+    ) -> None:
         self.engine = engine
         self.storage = storage
         self.settings = settings
+        self.on_media_deleted = on_media_deleted
+
+    async def check_identity(self, *, dry_run: bool) -> None:
+        """Raise ``StoreMismatchError`` unless the root is the one the database records."""
+        engine = self.engine.execution_options(postgresql_readonly=True) if dry_run else None
+        async with (engine or self.engine).begin() as conn:
+            await store_identity.check_for_sweeper(conn, self.storage.root)
 
     async def sweep(
         self,
@@ -219,6 +239,7 @@ class Sweeper:
         on_progress: ProgressCallback | None = None,
     ) -> SweepReport:
         selected = tuple(p for p in ALL_POLICIES if policies is None or p in policies)
+        await self.check_identity(dry_run=dry_run)
         # a dry run's connections are READ ONLY: PostgreSQL itself refuses any write
         engine = self.engine.execution_options(postgresql_readonly=True) if dry_run else None
         run = _Run(self, engine, dry_run, on_progress or (lambda *_: None), selected)
@@ -243,6 +264,7 @@ class _Run:
         selected: tuple[Policy, ...],
     ) -> None:
         self.engine = engine or sweeper.engine
+        self.sweeper = sweeper
         self.storage = sweeper.storage
         self.settings = sweeper.settings
         self.dry_run = dry_run
@@ -250,6 +272,7 @@ class _Run:
         self.selected = selected
         self.batch = self.settings.batch_size
         self.report = SweepReport(dry_run, {p: PolicyTotals() for p in selected})
+        self.deleted_media: list[str] = []
 
     async def apply(self, policy: Policy) -> None:
         if policy is Policy.uploads:
@@ -285,28 +308,62 @@ class _Run:
             self.report.add(kind.policy, count, int(nbytes))
             self.progress(kind.policy, count, count)
             return
-        failed: set[uuid.UUID] = set()
+        passed: set[uuid.UUID] = set()  # failed, or its key busy: not a candidate again
         done = 0
         for _ in range(count // self.batch + 2):
             async with self.engine.begin() as conn:
-                query = (
-                    select(model.id, model.storage_key, model.size_bytes)
-                    .where(*where)
-                    .limit(self.batch)
-                    .with_for_update(skip_locked=True)
-                )
-                if failed:
-                    query = query.where(model.id.not_in(failed))
-                rows = (await conn.execute(query)).all()
-                if not rows:
+                query = select(model.id, model.storage_key).where(*where).limit(self.batch)
+                if passed:
+                    query = query.where(model.id.not_in(passed))
+                candidates = (await conn.execute(query)).all()
+                if not candidates:
                     break
+                rows = await self.lock(conn, kind, candidates, passed, *where)
                 victims = [
                     _Victim(kind, r.id, r.storage_key, r.size_bytes, "expired") for r in rows
                 ]
-                deleted = await self.delete_rows(conn, kind.policy, victims, failed)
+                deleted = await self.delete_rows(conn, kind.policy, victims, passed)
+            await self.committed()
             done += deleted
             self.progress(kind.policy, done, count)
             await self.pause()
+
+    async def lock(
+        self,
+        conn: AsyncConnection,
+        kind: _RowKind,
+        candidates: Sequence[Any],
+        passed: set[uuid.UUID],
+        *still: ColumnElement[bool],
+    ) -> Sequence[Any]:
+        """``file_locks`` steps 1 and 2 for rows: key locks (busy keys skipped), then row locks
+        (locked rows skipped), re-reading each row under both (``still`` must hold)."""
+        free = await try_lock_keys(conn, [c.storage_key for c in candidates])
+        model = kind.model
+        ids = [c.id for c in candidates if c.storage_key in free]
+        rows: Sequence[Any] = []
+        if ids:
+            rows = (
+                await conn.execute(
+                    select(model.id, model.storage_key, model.size_bytes)
+                    .where(model.id.in_(ids), model.deleted_at.is_(None), *still)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+        got = {r.id for r in rows}
+        busy = [c.id for c in candidates if c.id not in got]
+        passed.update(busy)
+        self.report.skipped += len(busy)
+        return rows
+
+    async def committed(self) -> None:
+        """After a commit: tell the cache which media files are gone."""
+        gone, self.deleted_media = self.deleted_media, []
+        if gone and self.sweeper.on_media_deleted is not None:
+            try:
+                await self.sweeper.on_media_deleted(gone)
+            except Exception as exc:  # the cache is never the source of truth
+                log.warning("retention: cache not told about %d deletions: %s", len(gone), exc)
 
     async def delete_rows(
         self,
@@ -352,6 +409,9 @@ class _Run:
                 ],
             )
         self.report.add(policy, len(done), sum(v.size for v in done))
+        self.deleted_media += [
+            sha for v in done if v.kind is _MEDIA and (sha := sha256_of_upload_key(v.key))
+        ]
         return len(done)
 
     def _unlink_all(self, keys: list[str]) -> list[bool | StorageError]:
@@ -406,14 +466,16 @@ class _Run:
                         freed += c.size_bytes
                         self.report.add(Policy.quota, 1, c.size_bytes)
                     continue
-                locked = await _lock_candidates(conn, candidates)
+                locked: set[uuid.UUID] = set()
+                for tag, kind in (("m", _MEDIA), ("a", _ARTIFACTS)):
+                    mine = [c for c in candidates if c.src == tag]
+                    if mine:
+                        locked |= {r.id for r in await self.lock(conn, kind, mine, passed)}
                 victims: list[_Victim] = []
                 for c in candidates:
                     if freed >= excess:
                         break
                     if c.id not in locked:
-                        self.report.skipped += 1
-                        passed.add(c.id)
                         continue
                     kind = _MEDIA if c.src == "m" else _ARTIFACTS
                     why = "expired" if c.expired else "least recently used"
@@ -421,7 +483,8 @@ class _Run:
                         _Victim(kind, c.id, c.storage_key, c.size_bytes, f"{reason}; {why}")
                     )
                     freed += c.size_bytes
-                await self.delete_rows(conn, Policy.quota, victims, set())
+                await self.delete_rows(conn, Policy.quota, victims, passed)
+            await self.committed()
             self.progress(Policy.quota, self.report.policies[Policy.quota].objects, None)
             await self.pause()
 
@@ -506,21 +569,24 @@ class _Run:
     async def _mark_missing(self, kind: _RowKind, ids: list[uuid.UUID]) -> None:
         model = kind.model
         async with self.engine.begin() as conn:
-            rows = (
+            candidates = (
                 await conn.execute(
-                    select(model.id, model.storage_key)
-                    .where(model.id.in_(ids), model.deleted_at.is_(None))
-                    .with_for_update(skip_locked=True)
+                    select(model.id, model.storage_key).where(
+                        model.id.in_(ids), model.deleted_at.is_(None)
+                    )
                 )
             ).all()
-            self.report.skipped += len(ids) - len(rows)
-            still_gone = set(await in_thread(self._without_file, rows))  # stable: rows locked
+            self.report.skipped += len(ids) - len(candidates)
+            rows = await self.lock(conn, kind, candidates, set())
+            # stable now: an upload or a replay of the key waits for our locks
+            still_gone = set(await in_thread(self._without_file, rows))
             victims = [
                 _Victim(kind, r.id, r.storage_key, 0, "file missing")
                 for r in rows
                 if r.id in still_gone
             ]
             await self.delete_rows(conn, Policy.missing, victims, set())
+        await self.committed()
 
     # ---------------------------------------------------------- loose files
 
@@ -532,6 +598,7 @@ class _Run:
         cutoff = time.time() - grace
         found: list[FileEntry] = []
         seen = 0
+        deferred = set() if tmp else await self.outbox_keys()
         for area in areas:
             files = self.storage.iter_files(area)
             for _ in range(1 << 40):  # bounded by the files in the area
@@ -539,7 +606,7 @@ class _Run:
                 if not chunk:
                     break
                 seen += len(chunk)
-                old = [f for f in chunk if _age_mark(policy, f) <= cutoff]
+                old = [f for f in chunk if _age_mark(policy, f) <= cutoff and f.key not in deferred]
                 self.report.skipped += len(chunk) - len(old)
                 if old:
                     async with self.engine.connect() as conn:
@@ -559,6 +626,11 @@ class _Run:
                 batch = found[start : start + self.batch]
                 await _LooseBatch(self, conn, policy, object_type, batch, cutoff).run()
             await self.pause()
+
+    async def outbox_keys(self) -> set[str]:
+        """Files of jobs answered while PostgreSQL was down: they get their rows at replay."""
+        outbox = Outbox(self.storage.outbox_dir, create=False)
+        return await in_thread(outbox.referenced_keys)
 
     def _not_held(self, files: list[FileEntry]) -> list[FileEntry]:
         """The tmp files that no live writer holds (flock probe)."""
@@ -589,23 +661,15 @@ class _LooseBatch:
         self.object_type = object_type
         self.files = files
         self.cutoff = cutoff
-        self.locked: list[int] = []
+        self.locked: set[str] = set()
         self.tmp_fds: list[int] = []
 
     async def run(self) -> None:
         conn = self.conn
-        by_lock = {key_lock_id(f.key): f for f in self.files}
         try:
-            got = await conn.execute(
-                text(
-                    "SELECT k FROM unnest(CAST(:ids AS bigint[])) AS k"
-                    " WHERE pg_try_advisory_lock(k)"
-                ),
-                {"ids": list(by_lock)},
-            )
-            self.locked = [int(k) for k in got.scalars()]
+            self.locked = await try_lock_keys_for_session(conn, [f.key for f in self.files])
             await conn.commit()
-            mine = [by_lock[k] for k in self.locked]
+            mine = [f for f in self.files if f.key in self.locked]
             self.run_.report.skipped += len(self.files) - len(mine)
             await self._reap(mine)
         finally:
@@ -615,6 +679,8 @@ class _LooseBatch:
         conn, report = self.conn, self.run_.report
         # re-check under the locks: no live row (committed), file still there and still old
         orphans = await _without_live_row(conn, [f.key for f in mine])
+        if self.policy is Policy.orphans:
+            orphans -= await self.run_.outbox_keys()
         current = await in_thread(self._restat, [f for f in mine if f.key in orphans])
         audited = await _audit_times(conn, self.object_type, [f.key for f in current])
         new = [f for f in current if audited.get(f.key, -1.0) < f.changed_at]
@@ -672,10 +738,7 @@ class _LooseBatch:
             return
         try:
             await self.conn.rollback()
-            await self.conn.execute(
-                text("SELECT pg_advisory_unlock(k) FROM unnest(CAST(:ids AS bigint[])) AS k"),
-                {"ids": self.locked},
-            )
+            await unlock_session_keys(self.conn, self.locked)
             await self.conn.commit()
         except Exception:
             await self.conn.invalidate()  # never pool a connection that may keep the locks
@@ -749,20 +812,6 @@ async def _quota_candidates(
     elif exclude:
         query = query.where(both.c.id.not_in(exclude))
     return (await conn.execute(query)).all()
-
-
-async def _lock_candidates(conn: AsyncConnection, candidates: Sequence[Row[Any]]) -> set[uuid.UUID]:
-    locked: set[uuid.UUID] = set()
-    for tag, model in (("m", MediaFile), ("a", Artifact)):
-        ids = [c.id for c in candidates if c.src == tag]
-        if ids:
-            rows = await conn.execute(
-                select(model.id)
-                .where(model.id.in_(ids), model.deleted_at.is_(None))
-                .with_for_update(skip_locked=True)
-            )
-            locked.update(rows.scalars())
-    return locked
 
 
 async def _without_live_row(conn: AsyncConnection, keys: list[str]) -> set[str]:
@@ -867,19 +916,31 @@ async def run_sweep(
 ) -> SweepReport:
     """Sweep the configured database and storage root (what ``invoke retention`` runs).
 
-    A dry run builds the store without ``open()``: nothing is created, probed or cleaned. A
-    real run does not clean tmp/ on open either: its ``tmp`` policy removes old leftovers
-    with an audit row, so a dry run announces exactly what the real run does.
+    The root's identity is checked before anything is created in it. A dry run builds the
+    store without ``open()``: nothing is created, probed or cleaned. A real run does not clean
+    tmp/ on open either: its ``tmp`` policy removes old leftovers with an audit row, so a dry
+    run announces exactly what the real run does. Deleted media leave the cache at once.
     """
+    from app_patch.bootstrap import redis_url
+    from app_patch.cache import Kind, RedisCache
     from app_patch.db import engine_scope
 
-    if dry_run:
-        storage = Storage(settings.storage)
-    else:
-        storage = await Storage.open(settings.storage, clean_tmp=False)
-    async with engine_scope(settings.db, url) as engine:
-        sweeper = Sweeper(engine, storage, settings.retention)
-        return await sweeper.sweep(dry_run=dry_run, policies=policies, on_progress=on_progress)
+    cache = RedisCache(settings, redis_url(settings))
+
+    async def forget(sha256s: list[str]) -> None:
+        await asyncio.gather(*(cache.invalidate(Kind.media, sha) for sha in sha256s))
+
+    try:
+        async with engine_scope(settings.db, url) as engine:
+            sweeper = Sweeper(
+                engine, Storage(settings.storage), settings.retention, on_media_deleted=forget
+            )
+            await sweeper.check_identity(dry_run=dry_run)
+            if not dry_run:
+                sweeper.storage = await Storage.open(settings.storage, clean_tmp=False)
+            return await sweeper.sweep(dry_run=dry_run, policies=policies, on_progress=on_progress)
+    finally:
+        await cache.close()
 
 
 def sweep_configured(
@@ -890,7 +951,8 @@ def sweep_configured(
     policies: Sequence[Policy] | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> SweepReport:
-    """``run_sweep`` for command lines: an unusable store becomes a one-line ``OperatorError``."""
+    """``run_sweep`` for command lines: an unusable store becomes a one-line ``OperatorError``
+    (a store that is not the database's raises ``StoreMismatchError``, one line too)."""
     try:
         return asyncio.run(
             run_sweep(settings, url, dry_run=dry_run, policies=policies, on_progress=on_progress)
@@ -900,21 +962,38 @@ def sweep_configured(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m app_patch.retention [--dry-run] [--policy NAMES]``: prints the report as JSON."""
-    from app_patch.bootstrap import database_url
+    """``python -m app_patch.retention [--dry-run] [--policy NAMES] [--progress]``.
+
+    Prints JSON lines: with ``--progress`` one ``{"event": "progress", ...}`` per update, then
+    always ``{"event": "report", ...}``. A refusal is one ``error:`` line on stderr, exit 1.
+    ``invoke retention`` runs this inside the API container for a container stack.
+    """
     from app_patch.errors import one_line_errors
     from app_patch.settings import get_settings
+    from app_patch.target import resolve_target
 
     parser = argparse.ArgumentParser(prog="python -m app_patch.retention")
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--policy", default="")
+    parser.add_argument("--progress", action="store_true", help="JSON progress lines")
     args = parser.parse_args(argv)
+
+    def progress(policy: Policy, done: int, total: int | None) -> None:
+        event = {"event": "progress", "policy": str(policy), "done": done, "total": total}
+        print(json.dumps(event), flush=True)
+
     with one_line_errors():
         policies = parse_policies(args.policy)
         settings = get_settings()
-        url = database_url(settings)
-        report = sweep_configured(settings, url, dry_run=args.dry_run, policies=policies)
-    print(json.dumps(report.as_dict()))
+        target = resolve_target(settings)
+        report = sweep_configured(
+            settings,
+            target.database_url,
+            dry_run=args.dry_run,
+            policies=policies,
+            on_progress=progress if args.progress else None,
+        )
+    print(json.dumps({"event": "report", **report.as_dict()}), flush=True)
     return 1 if report.error_count else 0
 
 

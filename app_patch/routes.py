@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -22,19 +22,21 @@ from fastapi import (
     UploadFile,
 )
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
+from starlette.types import Receive, Scope, Send
 
-from app_patch.media import DEFAULT_CONTENT_TYPE, MediaNotFoundError, clean_original_name
+from app_patch.media import MediaNotFoundError, OpenedFile
 from app_patch.models import JobStatus
-from app_patch.repository import MediaSnapshot, NewJob
-from app_patch.resilience import DependencyUnavailableError, OutboxEntry
+from app_patch.repository import IdempotencyConflictError
+from app_patch.resilience import DependencyUnavailableError
 from app_patch.runtime import Runtime
-from app_patch.schemas import HistoryFilter, HistoryPage, JobOut, MediaOut, ResultIn, ResultOut
-from app_patch.storage import StagedFile, upload_key
+from app_patch.schemas import HistoryFilter, HistoryPage, JobOut, MediaOut
+from app_patch.submission import EmptyUploadError, Outcome, Submission
 
 router = APIRouter()
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 RETRY_AFTER_S = "5"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ErrorBody(BaseModel):
@@ -64,6 +66,20 @@ async def _chunks(upload: UploadFile, size: int) -> AsyncIterator[bytes]:
         yield chunk
 
 
+def _no_control_characters(value: str | None) -> str | None:
+    if value is not None and _CONTROL.search(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+ClientRef = Annotated[
+    str | None,
+    Form(max_length=255, description="your reference (printable text)"),
+    AfterValidator(_no_control_characters),
+]
+OUTCOME_STATUS = {Outcome.created: 201, Outcome.existing: 200, Outcome.deferred: 202}
+
+
 @router.post(
     "/analyses",
     status_code=201,
@@ -71,6 +87,7 @@ async def _chunks(upload: UploadFile, size: int) -> AsyncIterator[bytes]:
     responses={
         200: {"model": JobOut, "description": "Idempotency-Key seen before: the existing job"},
         202: {"model": JobOut, "description": "PostgreSQL down: kept in the durable outbox"},
+        409: {"model": ErrorBody, "description": "Idempotency-Key used for another request"},
         **ERRORS,
     },
     summary="Upload a file and analyse it",
@@ -80,7 +97,7 @@ async def create_analysis(
     response: Response,
     file: Annotated[UploadFile, File(description="the media file")],
     analysis_type: Annotated[str, Form(description="auto, basic, image or audio")] = "auto",
-    client_ref: Annotated[str | None, Form(max_length=255)] = None,
+    client_ref: ClientRef = None,
     idempotency_key: Annotated[
         str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
     ] = None,
@@ -88,124 +105,27 @@ async def create_analysis(
     rt = runtime_of(request)
     if analysis_type not in rt.analysis_types:
         raise HTTPException(
-            422,
-            f"unsupported analysis_type {analysis_type!r}; allowed: {', '.join(rt.analysis_types)}",
+            422, f"unsupported analysis_type; allowed: {', '.join(rt.analysis_types)}"
         )
-    new = NewJob(
+    submission = Submission(
         analysis_type=analysis_type,
         client_ref=client_ref,
         idempotency_key=idempotency_key,
-        job_id=uuid.uuid4(),
+        original_name=file.filename,
     )
     chunks = _chunks(file, rt.settings.storage.chunk_bytes)
-    async with rt.storage.stage(chunks) as staged:
-        if staged.size_bytes == 0:
-            raise HTTPException(400, "empty file: nothing to analyse")
-        outcome = await _analyse(rt, analysis_type, staged)
-        content_type = outcome.content_type
-        try:
-            media = await rt.db(
-                lambda: rt.media.register_staged(
-                    staged, content_type=content_type, original_name=file.filename
-                )
-            )
-        except DependencyUnavailableError:
-            # PostgreSQL is down: keep the bytes (content-addressed) and defer the history
-            key = upload_key(staged.sha256)
-            await rt.storage.place(staged, key)
-            snapshot = MediaSnapshot(
-                sha256=staged.sha256,
-                size_bytes=staged.size_bytes,
-                content_type=content_type,
-                storage_key=key,
-                original_name=clean_original_name(file.filename),
-            )
-            response.status_code = 202
-            response.headers["X-History-Deferred"] = "outbox"
-            return await _deferred(rt, new, outcome, snapshot)
-    await rt.history.invalidate_media(media.sha256)
-    job, created = await _persisted(rt, new, outcome, media.id)
-    response.status_code = 201 if created else 200
-    response.headers["Location"] = f"/analyses/{job.id}"
-    return job
-
-
-async def _persisted(
-    rt: Runtime, new: NewJob, outcome: Outcome, media_id: uuid.UUID
-) -> tuple[JobOut, bool]:
-    """The normal path: the finished job and its result in one transaction.
-
-    An outage here raises DependencyUnavailableError (503): the upload is already stored and
-    registered, so the client's retry (same Idempotency-Key) finds it.
-    """
-    return await rt.history.record_finished(
-        replace(new, media_file_id=media_id),
-        started_at=outcome.started_at,
-        finished_at=outcome.finished_at,
-        result=outcome.result,
-        error=outcome.error,
-    )
-
-
-async def _deferred(rt: Runtime, new: NewJob, outcome: Outcome, media: MediaSnapshot) -> JobOut:
-    """PostgreSQL is down: the finished job goes to the durable outbox (and the cache)."""
-    assert new.job_id is not None
-    job = JobOut(
-        id=new.job_id,
-        media_file_id=None,
-        analysis_type=new.analysis_type,
-        status=JobStatus.succeeded if outcome.result is not None else JobStatus.failed,
-        params=new.params or {},
-        client_ref=new.client_ref,
-        idempotency_key=new.idempotency_key,
-        created_at=outcome.started_at,
-        started_at=outcome.started_at,
-        finished_at=outcome.finished_at,
-        error=outcome.error,
-        attempts=1,
-        result=None
-        if outcome.result is None
-        else ResultOut(**outcome.result.model_dump(), created_at=outcome.finished_at),
-    )
-    await asyncio.to_thread(rt.outbox.append, OutboxEntry(job, media))
-    await rt.history.remember(job)
-    return job
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """One analysis run: its result, or the error that fails the job, and when it ran."""
-
-    started_at: datetime
-    finished_at: datetime
-    result: ResultIn | None
-    error: str | None
-
-    @property
-    def content_type(self) -> str:
-        """Sniffed from the bytes by the analysis; never the client's claim."""
-        if self.result is None:
-            return DEFAULT_CONTENT_TYPE
-        return str(self.result.result.get("content_type", DEFAULT_CONTENT_TYPE))
-
-
-async def _analyse(rt: Runtime, analysis_type: str, staged: StagedFile) -> Outcome:
-    """Run the analysis on the staged upload (in a worker thread)."""
-    started = datetime.now(UTC)
     try:
-        ran = await asyncio.to_thread(
-            rt.analyse, analysis_type, staged.path, staged.sha256, staged.size_bytes
-        )
-    except rt.analysis_errors as exc:
-        return Outcome(started, datetime.now(UTC), None, str(exc))
-    result = ResultIn(
-        result=ran.result,
-        summary=ran.summary,
-        engine_name=ran.engine_name,
-        engine_version=ran.engine_version,
-        duration_ms=ran.duration_ms,
-    )
-    return Outcome(started, datetime.now(UTC), result, None)
+        submitted = await rt.submissions.submit(submission, chunks)
+    except EmptyUploadError as exc:
+        raise HTTPException(400, str(exc)) from None
+    except IdempotencyConflictError as exc:
+        raise HTTPException(409, str(exc)) from None
+    response.status_code = OUTCOME_STATUS[submitted.outcome]
+    if submitted.outcome is Outcome.deferred:
+        response.headers["X-History-Deferred"] = "outbox"
+    else:
+        response.headers["Location"] = f"/analyses/{submitted.job.id}"
+    return submitted.job
 
 
 @router.get(
@@ -222,13 +142,18 @@ async def get_analysis(request: Request, job_id: uuid.UUID) -> JobOut:
         entry = await asyncio.to_thread(rt.outbox.get, job_id)
         if entry is None:
             raise unavailable("the analysis history") from None
-        return entry.job
-    if job is None:
-        entry = await asyncio.to_thread(rt.outbox.get, job_id)
-        if entry is not None:  # accepted while PG was down, not replayed yet
-            return entry.job
-        raise HTTPException(404, f"no analysis job {job_id}")
-    return job
+        return entry.answer()
+    if job is not None:
+        return job
+    entry = await asyncio.to_thread(rt.outbox.get, job_id)
+    if entry is not None:  # accepted while PG was down, not replayed yet
+        return entry.answer()
+    merged_into = await asyncio.to_thread(rt.outbox.merged_into, job_id)
+    if merged_into is not None:  # replayed into the earlier job of the same Idempotency-Key
+        job = await rt.history.get_job(merged_into)
+        if job is not None:
+            return job
+    raise HTTPException(404, "no such analysis job")
 
 
 @router.get(
@@ -275,7 +200,7 @@ async def _media_or_404(rt: Runtime, sha256: str) -> MediaOut:
     except DependencyUnavailableError:
         raise unavailable("media metadata") from None
     if media is None:
-        raise HTTPException(404, f"no stored media with sha256 {sha256}")
+        raise HTTPException(404, "no stored media with that sha256")
     return media
 
 
@@ -300,11 +225,25 @@ async def get_media_content(request: Request, sha256: Sha256) -> StreamingRespon
     try:
         opened = await rt.db(lambda: rt.media.open_media(sha256))  # records the access
     except MediaNotFoundError:
-        raise HTTPException(404, f"no stored media with sha256 {sha256}") from None
+        raise HTTPException(404, "no stored media with that sha256") from None
     except DependencyUnavailableError:
         raise unavailable("media content") from None
-    return StreamingResponse(
-        opened.chunks(),
-        media_type=opened.content_type,
-        headers={"Content-Length": str(opened.size_bytes)},
-    )
+    return OpenedFileResponse(opened)
+
+
+class OpenedFileResponse(StreamingResponse):
+    """Streams an ``OpenedFile`` and closes it whatever happens (client gone included)."""
+
+    def __init__(self, opened: OpenedFile) -> None:
+        super().__init__(
+            opened.chunks(),
+            media_type=opened.content_type,
+            headers={"Content-Length": str(opened.size_bytes)},
+        )
+        self.opened = opened
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.opened.close()

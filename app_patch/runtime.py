@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -16,35 +17,16 @@ from app_patch.db import create_engine, create_session_factory, observe_pool
 from app_patch.media import MediaStore
 from app_patch.metrics import LiveSources, Metrics, PoolFigures, RetentionTotals
 from app_patch.models import RetentionEvent
-from app_patch.resilience import Breaker, Outbox, OutboxReplayer, is_database_outage
-from app_patch.schemas import JobOut
+from app_patch.outbox import Outbox, OutboxReplayer
+from app_patch.resilience import Breaker, DependencyUnavailableError, is_database_outage
 from app_patch.service import HistoryService
 from app_patch.settings import Settings
 from app_patch.storage import Storage
+from app_patch.store_identity import StoreMismatchError
+from app_patch.submission import Analyser, AnalysisService
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class Analysis(Protocol):
-    """What an analyser returns (see api/analysis.py); read-only, so frozen dataclasses fit."""
-
-    @property
-    def result(self) -> dict[str, Any]: ...
-    @property
-    def summary(self) -> str: ...
-    @property
-    def duration_ms(self) -> float: ...
-    @property
-    def engine_name(self) -> str: ...
-    @property
-    def engine_version(self) -> str: ...
-
-
-class Analyser(Protocol):
-    """Blocking analysis of a stored file; raises an exception whose text is the job error."""
-
-    def __call__(self, analysis_type: str, path: Any, sha256: str, size_bytes: int) -> Analysis: ...
 
 
 @dataclass
@@ -59,6 +41,7 @@ class Runtime:
     media: MediaStore
     outbox: Outbox
     replayer: OutboxReplayer
+    submissions: AnalysisService
     metrics: Metrics
     analyse: Analyser
     analysis_types: Sequence[str]
@@ -118,6 +101,7 @@ class Runtime:
             },
             cache_counters=self.cache_counters,
             outbox_backlog=self.outbox.backlog,
+            outbox_failed=self.outbox.failed_count,
             storage_usage=lambda: {
                 area: (files, nbytes)
                 for area, (files, nbytes) in self.storage.usage(max_age_s=5).items()
@@ -148,10 +132,23 @@ async def open_runtime(
     storage = await Storage.open(settings.storage)
     outbox = Outbox(storage.outbox_dir)
 
-    async def after_replay(job: JobOut) -> None:
-        await history.invalidate_job(job.id)
+    async def after_replay(job_id: uuid.UUID) -> None:
+        await history.invalidate_job(job_id)
 
     media = MediaStore(sessions, storage, settings.retention)
+
+    async def record_store_identity() -> None:
+        """Claim (or check) the storage root for this database once PostgreSQL answers."""
+        if media.identity_checked:
+            return
+        try:
+            await db_breaker.call(media.check_identity)
+        except DependencyUnavailableError:
+            return  # retried on the next tick
+        except StoreMismatchError as exc:
+            log.error("%s", exc)
+
+    await record_store_identity()
     replayer = OutboxReplayer(
         outbox,
         sessions,
@@ -159,6 +156,16 @@ async def open_runtime(
         media,
         interval_s=settings.resilience.replay_interval_s,
         on_replayed=after_replay,
+        on_tick=record_store_identity,
+    )
+    submissions = AnalysisService(
+        storage=storage,
+        media=media,
+        history=history,
+        outbox=outbox,
+        guard=db_breaker.call,
+        analyse=analyse,
+        analysis_errors=analysis_errors,
     )
     runtime = Runtime(
         settings=settings,
@@ -171,6 +178,7 @@ async def open_runtime(
         media=media,
         outbox=outbox,
         replayer=replayer,
+        submissions=submissions,
         metrics=metrics,
         analyse=analyse,
         analysis_types=tuple(analysis_types),

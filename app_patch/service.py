@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Protocol, TypeVar
 
 from sqlalchemy import select
@@ -89,21 +88,9 @@ class HistoryService:
             await self._written(job)
         return job, created
 
-    async def record_finished(
-        self,
-        new: NewJob,
-        *,
-        started_at: datetime,
-        finished_at: datetime,
-        result: ResultIn | None,
-        error: str | None = None,
-    ) -> tuple[JobOut, bool]:
+    async def record_finished(self, finished: repo.FinishedJob) -> tuple[JobOut, bool]:
         """An analysis that already ran, written finished in one transaction."""
-        job, created = await self._write(
-            lambda s: repo.record_finished(
-                s, new, started_at=started_at, finished_at=finished_at, result=result, error=error
-            )
-        )
+        job, created = await self._write(lambda s: repo.record_finished(s, finished))
         if created:
             await self._written(job)
         return job, created
@@ -153,6 +140,10 @@ class HistoryService:
             return await self._read(lambda s: repo.get_job(s, job_id))
 
         return await self.cache.get_or_load(Kind.job, str(job_id), JobOut, load, job_placement)
+
+    async def job_by_key(self, key: str) -> tuple[JobOut, str | None] | None:
+        """The job an Idempotency-Key names and its request fingerprint (not cached)."""
+        return await self._read(lambda s: repo.job_by_key(s, key))
 
     async def get_result(self, job_id: uuid.UUID) -> ResultOut | None:
         """A finished job's result (immutable, so cached with the long result TTL)."""

@@ -34,7 +34,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import date
@@ -107,12 +107,6 @@ class FileEntry:
 
 
 # ---------------------------------------------------------------- keys
-
-
-def key_lock_id(key: str) -> int:
-    """The PostgreSQL advisory-lock id that serialises placing and reaping one key."""
-    digest = hashlib.sha256(f"ma-storage:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def upload_key(sha256: str) -> str:
@@ -404,20 +398,6 @@ class Storage:
             if exc.errno == errno.ELOOP:
                 raise StorageKeyError("storage key names a symlink") from None
             raise StorageUnavailableError.from_os(exc, f"read {key}") from exc
-
-    async def read_chunks(
-        self, fd: int, chunk_size: int | None = None
-    ) -> AsyncGenerator[bytes, None]:
-        """Stream an fd from ``open_read`` in chunks, closing it at the end (or on aclose)."""
-        size = chunk_size or self.settings.chunk_bytes
-        try:
-            for _ in range(1 << 40):  # bounded: a chunk per iteration until EOF
-                data = await in_thread(os.read, fd, size)
-                if not data:
-                    return
-                yield data
-        finally:
-            os.close(fd)
 
     # ---- removal and listings (used by retention)
 

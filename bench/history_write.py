@@ -109,14 +109,12 @@ async def write_three_txn(sessions: async_sessionmaker[AsyncSession], i: int) ->
 async def write_finished(sessions: async_sessionmaker[AsyncSession], i: int) -> None:
     now = dt.datetime.now(dt.UTC)
     async with sessions.begin() as session:
-        await repo.record_finished(
-            session, new_job(i), started_at=now, finished_at=now, result=result_in()
-        )
+        await repo.record_finished(session, repo.FinishedJob(new_job(i), now, now, result_in()))
 
 
 async def write_finished_service(service: HistoryService, i: int) -> None:
     now = dt.datetime.now(dt.UTC)
-    await service.record_finished(new_job(i), started_at=now, finished_at=now, result=result_in())
+    await service.record_finished(repo.FinishedJob(new_job(i), now, now, result_in()))
 
 
 async def _ours(env: BenchEnv, db_url: str, sizes: Sizes, via: str) -> Timed:

@@ -14,10 +14,10 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from app_patch.bootstrap import database_url
 from app_patch.db import normalize_url
 from app_patch.models import Base
 from app_patch.settings import get_settings
+from app_patch.target import resolve_target
 
 MIGRATION_LOCK_KEY = 0x6D61_6D69  # "mami": media-analysis migrations
 
@@ -29,7 +29,7 @@ def _url() -> str:
     explicit = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option(
         "sqlalchemy.url"
     )
-    raw = explicit or database_url(get_settings())
+    raw = explicit or resolve_target(get_settings()).database_url
     return normalize_url(raw).render_as_string(hide_password=False)
 
 

@@ -97,7 +97,7 @@ def test_invoke_migrate_creates_every_table_and_index(
     url = databases.create("catalog")
     proc = run_task("migrate", url=url, cwd=project_root)
     assert proc.returncode == 0, proc.stderr
-    assert "migrated base -> 0001" in proc.stdout
+    assert "migrated base -> 0002" in proc.stdout
 
     tables, indexes = catalog(url)
     assert tables >= EXPECTED_TABLES
@@ -135,7 +135,7 @@ def test_two_concurrent_migrates_apply_schema_once(
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     stdout = [out for out, _ in outputs]
-    assert sum("migrated base -> 0001" in out for out in stdout) == 1, stdout
-    assert sum("already at 0001" in out for out in stdout) == 1, stdout
+    assert sum("migrated base -> 0002" in out for out in stdout) == 1, stdout
+    assert sum("already at 0002" in out for out in stdout) == 1, stdout
     with psycopg.connect(libpq(url)) as conn:
         assert conn.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)

@@ -13,38 +13,42 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app_patch import repository as repo
 from app_patch.media import MediaStore
 from app_patch.models import AnalysisJob, AnalysisResult, JobStatus, MediaFile
-from app_patch.resilience import Breaker, Outbox, OutboxEntry, OutboxReplayer, is_database_outage
-from app_patch.schemas import JobOut, ResultOut
+from app_patch.outbox import Outbox, OutboxEntry, OutboxReplayer
+from app_patch.resilience import Breaker, is_database_outage
+from app_patch.schemas import ResultIn
 from app_patch.settings import RetentionSettings, StorageSettings
 from app_patch.storage import Storage
 
 pytestmark = pytest.mark.usefixtures("clean_db")
 
 
-def finished_job(idempotency_key: str | None = None) -> JobOut:
+def finished_job(
+    idempotency_key: str | None = None,
+    *,
+    client_ref: str | None = None,
+    fingerprint: str | None = None,
+) -> repo.FinishedJob:
     now = datetime.now(UTC)
-    return JobOut(
-        id=uuid.uuid4(),
-        media_file_id=None,
-        analysis_type="basic",
-        status=JobStatus.succeeded,
-        params={},
-        client_ref=None,
+    new = repo.NewJob(
+        "basic",
+        client_ref=client_ref,
         idempotency_key=idempotency_key,
-        created_at=now,
-        started_at=now,
-        finished_at=now,
-        error=None,
-        attempts=1,
-        result=ResultOut(
-            result={"size_bytes": 3},
-            summary="3 bytes",
-            engine_name="e",
-            engine_version="1",
-            duration_ms=0.5,
-            created_at=now,
-        ),
+        job_id=uuid.uuid4(),
+        request_fingerprint=fingerprint,
     )
+    result = ResultIn(
+        result={"size_bytes": 3},
+        summary="3 bytes",
+        engine_name="e",
+        engine_version="1",
+        duration_ms=0.5,
+    )
+    return repo.FinishedJob(new, now, now, result)
+
+
+def job_id(job: repo.FinishedJob) -> uuid.UUID:
+    assert job.new.job_id is not None
+    return job.new.job_id
 
 
 def media(sha: str = "a" * 64) -> repo.MediaSnapshot:
@@ -89,7 +93,7 @@ async def test_entries_survive_a_reopen_and_replay_exactly_once(
     writer = Outbox(tmp_path / "outbox")
     for job in jobs:
         writer.append(OutboxEntry(job, media()))
-    assert writer.get(jobs[0].id) == OutboxEntry(jobs[0], media())
+    assert writer.get(job_id(jobs[0])) == OutboxEntry(jobs[0], media())
 
     place_file(tmp_path, media())
     first = replayer(tmp_path, session_factory)  # a new process would see the same files
@@ -103,7 +107,7 @@ async def test_entries_survive_a_reopen_and_replay_exactly_once(
     assert await first.drain_once() == 5
     assert await counts(session_factory) == (5, 5, 1)
     async with session_factory() as s:
-        stored = await repo.get_job(s, jobs[0].id)
+        stored = await repo.get_job(s, job_id(jobs[0]))
     assert stored is not None and stored.status is JobStatus.succeeded
     assert stored.result is not None and stored.result.result == {"size_bytes": 3}
     assert stored.media_file_id is not None
@@ -112,27 +116,67 @@ async def test_entries_survive_a_reopen_and_replay_exactly_once(
 async def test_taken_idempotency_key_does_not_lose_the_job(
     tmp_path: Path, session_factory: async_sessionmaker[AsyncSession]
 ) -> None:
+    """The key names another request's job: the deferred one is kept, without the key."""
     async with session_factory.begin() as s:
-        holder, _ = await repo.create_job(s, repo.NewJob("basic", idempotency_key="dup"))
-    late = finished_job(idempotency_key="dup")
+        holder, _ = await repo.create_job(
+            s, repo.NewJob("basic", idempotency_key="dup", request_fingerprint="a" * 64)
+        )
+    late = finished_job(idempotency_key="dup", fingerprint="b" * 64)
     replay = replayer(tmp_path, session_factory)
     replay.outbox.append(OutboxEntry(late, None))
     assert await replay.drain_once() == 1
     async with session_factory() as s:
-        stored = await repo.get_job(s, late.id)
+        stored = await repo.get_job(s, job_id(late))
     assert stored is not None and stored.idempotency_key is None
     assert holder.idempotency_key == "dup"
 
 
-async def test_corrupt_entry_is_set_aside(
+async def test_same_request_under_a_taken_key_merges_into_the_earlier_job(
     tmp_path: Path, session_factory: async_sessionmaker[AsyncSession]
 ) -> None:
+    async with session_factory.begin() as s:
+        holder, _ = await repo.create_job(
+            s, repo.NewJob("basic", idempotency_key="same", request_fingerprint="c" * 64)
+        )
+    late = finished_job(idempotency_key="same", fingerprint="c" * 64)
     replay = replayer(tmp_path, session_factory)
-    (replay.outbox.directory / f"{uuid.uuid4()}.json").write_bytes(b"{not json")
-    replay.outbox.append(OutboxEntry(finished_job(), None))
+    replay.outbox.append(OutboxEntry(late, None))
     assert await replay.drain_once() == 1
+    assert await counts(session_factory) == (1, 0, 0), "no second job"
+    assert replay.outbox.merged_into(job_id(late)) == holder.id
+
+
+async def test_poison_entries_are_quarantined_and_the_rest_lands(
+    tmp_path: Path, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    """A NUL byte PostgreSQL text cannot hold, and a truncated file, both oldest: the good
+    entries behind them still land, the bad ones wait in failed/ with their error."""
+    replay = replayer(tmp_path, session_factory)
+    nul = finished_job(client_ref="bad\x00ref")
+    replay.outbox.append(OutboxEntry(nul, None))
+    truncated = replay.outbox.directory / f"{uuid.uuid4()}.json"
+    truncated.write_bytes(OutboxEntry(finished_job(), None).to_json()[:40])
+    good = [finished_job() for _ in range(3)]
+    for job in good:
+        replay.outbox.append(OutboxEntry(job, None))
+    assert await replay.drain_once() == 3
     assert replay.outbox.backlog() == 0
-    assert len(list(replay.outbox.directory.glob("*.corrupt"))) == 1
+    assert replay.outbox.failed_count() == 2
+    failed = {f.job_id: f.error for f in replay.outbox.failed()}
+    assert "DataError" in failed[str(job_id(nul))] or "NUL" in failed[str(job_id(nul))]
+    assert "unreadable" in failed[truncated.stem]
+    assert await counts(session_factory) == (3, 3, 0)
+
+    replay.outbox.retry(str(job_id(nul)))  # an operator retries: still poison, back aside
+    assert await replay.drain_once() == 0
+    assert replay.outbox.failed_count() == 2
+
+
+async def test_corrupt_entry_reads_as_absent(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox")
+    broken = uuid.uuid4()
+    (outbox.directory / f"{broken}.json").write_bytes(b"{not json")
+    assert outbox.get(broken) is None
 
 
 async def test_replay_drops_media_whose_file_is_gone(
@@ -143,6 +187,6 @@ async def test_replay_drops_media_whose_file_is_gone(
     replay.outbox.append(OutboxEntry(job, media()))
     assert await replay.drain_once() == 1
     async with session_factory() as s:
-        stored = await repo.get_job(s, job.id)
+        stored = await repo.get_job(s, job_id(job))
     assert stored is not None and stored.media_file_id is None
     assert await counts(session_factory) == (1, 1, 0)  # no live row without its file

@@ -173,11 +173,11 @@ async def test_record_finished_writes_job_and_result_once(session_factory: Sessi
     new = repo.NewJob(analysis_type="basic", idempotency_key="done-1")
     async with session_factory.begin() as s:
         job, created = await repo.record_finished(
-            s, new, started_at=started, finished_at=finished, result=a_result(width=7)
+            s, repo.FinishedJob(new, started, finished, a_result(width=7))
         )
     async with session_factory.begin() as s:
         again, created_again = await repo.record_finished(
-            s, new, started_at=started, finished_at=finished, result=None, error="late retry"
+            s, repo.FinishedJob(new, started, finished, None, "late retry")
         )
     assert (created, created_again) == (True, False)
     assert again == job  # the retry neither failed nor overwrote the first outcome
@@ -188,12 +188,7 @@ async def test_record_finished_writes_job_and_result_once(session_factory: Sessi
 
     async with session_factory.begin() as s:
         failed, _ = await repo.record_finished(
-            s,
-            repo.NewJob(analysis_type="image"),
-            started_at=started,
-            finished_at=finished,
-            result=None,
-            error="not an image",
+            s, repo.FinishedJob(repo.NewJob("image"), started, finished, None, "not an image")
         )
     assert failed.status is JobStatus.failed and failed.result is None
     assert failed.error == "not an image"

@@ -16,13 +16,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app_patch.media import MediaStore
 from app_patch.retention import Policy, Sweeper, UnknownPolicyError, parse_policies
 from app_patch.storage import Storage, artifact_key, upload_key
+from app_patch.store_identity import StoreMismatchError, ensure_marker
 from tests.integration.test_storage_support import (
     assert_converged,
     audit_counts,
     chunks_of,
+    db_snapshot,
     execute,
     files_under,
     query,
+    record_store,
     retention_settings,
     seed,
     storage_settings,
@@ -129,6 +132,7 @@ async def test_orphans_younger_than_the_grace_period_stay(
     stray = upload_key("ef" * 32)
     (storage.root / stray).parent.mkdir(parents=True)
     (storage.root / stray).write_bytes(b"maybe an upload committing right now")
+    record_store(clean_db, storage.root)
     report = await sweeper(engine, storage, orphan_grace_s=3600).sweep()
     assert report.policies[Policy.orphans].objects == 0 and report.skipped >= 1
     assert (storage.root / stray).exists()
@@ -262,15 +266,37 @@ async def test_wrong_database_does_not_wipe_the_store(
     assert audit_counts(clean_db) == {}
 
 
-async def test_wrong_storage_root_does_not_mark_every_row_missing(
+async def test_wrong_storage_root_is_refused_before_anything_changes(
     engine: AsyncEngine, tmp_path: Path, clean_db: str
 ) -> None:
-    seed(clean_db, tmp_path / "real", expired_media=0, live_media=150)
-    empty = await Storage.open(storage_settings(tmp_path / "wrong"))
-    report = await sweeper(engine, empty).sweep(policies=[Policy.missing])
+    seed(clean_db, tmp_path / "real", expired_media=3, live_media=150)
+    wrong = Storage(storage_settings(tmp_path / "wrong"))
+    before = db_snapshot(clean_db)
+    for dry_run in (True, False):
+        with pytest.raises(StoreMismatchError, match="has no storage marker"):
+            await sweeper(engine, wrong).sweep(dry_run=dry_run)
+    assert db_snapshot(clean_db) == before, "nothing changed in the database"
+    assert not (tmp_path / "wrong").exists(), "nothing created under the wrong root"
+
+    other = await Storage.open(storage_settings(tmp_path / "other"))
+    ensure_marker(other.root)  # a store of its own: another database's, say
+    with pytest.raises(StoreMismatchError, match="belongs to another database"):
+        await sweeper(engine, other).sweep(policies=[Policy.missing])
+    assert db_snapshot(clean_db) == before
+
+
+async def test_missing_files_above_the_guard_are_refused(
+    engine: AsyncEngine, tmp_path: Path, clean_db: str
+) -> None:
+    """The right store, but most files lost outside the kit: the guard still holds."""
+    seeded = seed(clean_db, tmp_path / "real", expired_media=0, live_media=150)
+    real = await Storage.open(storage_settings(tmp_path / "real"))
+    for key, _ in seeded.live.values():
+        (real.root / key).unlink()
+    report = await sweeper(engine, real).sweep(policies=[Policy.missing])
     assert report.error_count == 1 and "missing: refused" in report.errors[0]
     assert query(clean_db, "SELECT count(*) FROM media_files WHERE deleted_at IS NULL") == [(150,)]
-    dry = await sweeper(engine, empty, reconcile_max_fraction=1).sweep(
+    dry = await sweeper(engine, real, reconcile_max_fraction=1).sweep(
         dry_run=True, policies=[Policy.missing]
     )
     assert dry.policies[Policy.missing].objects == 150, "the guard can be lifted deliberately"

@@ -27,6 +27,7 @@ from tests.integration.test_storage_support import (
     child_env,
     files_under,
     query,
+    record_store,
     run_child,
     seed,
 )
@@ -161,6 +162,7 @@ def test_crash_inside_a_row_batch_converges(
 def test_crash_between_orphan_audit_and_unlink_audits_once(clean_db: str, tmp_path: Path) -> None:
     root = tmp_path / "root"
     orphans = make_orphans(root, 120)  # more than the guard allows with no live rows: lift it
+    record_store(clean_db, root)
     env = child_env(clean_db, root, retention_batch_size=50, retention_reconcile_max_fraction=1)
     assert fault(env, "before-unlink", 0, "--policy", "orphans") == 41
     assert audit_total(clean_db) == 50, "the first batch's audit rows were committed"

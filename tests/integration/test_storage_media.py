@@ -15,13 +15,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app_patch import repository as repo
+from app_patch.file_locks import key_lock_id
 from app_patch.media import MediaNotFoundError, MediaStore
 from app_patch.repository import JobNotFoundError
 from app_patch.storage import (
     Storage,
     StorageKeyError,
     UploadTooLargeError,
-    key_lock_id,
     upload_key,
 )
 from tests.conftest import libpq

@@ -20,6 +20,7 @@ import psycopg
 from app_patch.models import ALL_TABLES
 from app_patch.settings import PROJECT_ROOT, RetentionSettings, StorageSettings
 from app_patch.storage import artifact_key, upload_key
+from app_patch.store_identity import MARKER_NAME, ensure_marker
 from tests.conftest import libpq
 
 
@@ -51,7 +52,8 @@ def tree(path: Path) -> dict[str, tuple[str, int, int, int]]:
 
 
 def files_under(root: Path) -> set[str]:
-    return {k for k, v in tree(root).items() if v[0] == "file"}
+    """Stored files (the root's identity marker is not one)."""
+    return {k for k, v in tree(root).items() if v[0] == "file" and k != MARKER_NAME}
 
 
 def db_snapshot(url: str) -> dict[str, list[tuple[object, ...]]]:
@@ -192,7 +194,17 @@ def seed(
         ) as cp:
             for row in artifact_rows:
                 cp.write_row(row)
+    record_store(url, root)
     return out
+
+
+def record_store(url: str, root: Path) -> None:
+    """What the API does on its first write: the root gets a marker, the database records it."""
+    root.mkdir(parents=True, exist_ok=True)
+    store_id = ensure_marker(root)
+    execute(
+        url, "INSERT INTO store_identity (store_id) VALUES (%s) ON CONFLICT DO NOTHING", store_id
+    )
 
 
 def audit_counts(url: str) -> dict[tuple[str, str], int]:

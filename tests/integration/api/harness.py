@@ -34,6 +34,7 @@ from app_patch.settings import (
     Settings,
     StorageSettings,
 )
+from app_patch.store_identity import MARKER_NAME
 from tests.conftest import free_port, libpq
 
 T = TypeVar("T")
@@ -181,6 +182,12 @@ async def serve(app: FastAPI, settings: Settings) -> AsyncIterator[LiveApp]:
 
 @contextlib.asynccontextmanager
 async def running_app(settings: Settings) -> AsyncIterator[LiveApp]:
+    """The app on its own storage root; tests share databases, so a root that is new to the
+    database makes the database forget the previous test's root (a new deployment)."""
+    if settings.db.url is not None and not (Path(settings.storage.root) / MARKER_NAME).exists():
+        url = settings.db.url.get_secret_value()
+        async with await psycopg.AsyncConnection.connect(libpq(url), autocommit=True) as conn:
+            await conn.execute("DELETE FROM store_identity")
     async with serve(build_app(settings), settings) as live:
         yield live
 

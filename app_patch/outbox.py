@@ -1,0 +1,499 @@
+"""The durable outbox: finished jobs answered while PostgreSQL was down, and their replay.
+
+Layout under ``<storage root>/outbox/`` (same volume as the files the entries name)::
+
+    <job_id>.json          pending entries, oldest first (tmp + fsync + rename + dir fsync)
+    failed/<job_id>.json   entries that failed for a reason other than an outage, with
+    failed/<job_id>.error  the error; ``invoke outbox --retry`` moves one back
+    keys/<sha256(key)>     Idempotency-Key index: which deferred job a key names, and the
+                           fingerprint of its request (created with link(): first one wins)
+    merged/<job_id>        a deferred job whose key turned out to name an earlier job of the
+                           same request: the id of that job (so the answer given stays valid)
+
+Replay is per entry and idempotent (insert by job id): an outage stops the drain; any other
+failure quarantines that entry and the drain goes on, so one poison entry never blocks others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app_patch.errors import OperatorError
+from app_patch.media import MediaStore
+from app_patch.repository import (
+    FinishedJob,
+    MediaSnapshot,
+    NewJob,
+    ReplayOutcome,
+    replay_finished,
+)
+from app_patch.resilience import Breaker, DependencyUnavailableError
+from app_patch.schemas import JobOut, ResultIn
+from app_patch.storage import fsync_dir
+
+log = logging.getLogger(__name__)
+FAILED, KEYS, MERGED = "failed", "keys", "merged"
+STALE_CLAIM_S = 60.0  # a key claimed this long ago without its entry: the claimer died
+_ERROR_CHARS = 500
+
+
+class OutboxEntryError(ValueError):
+    """An entry file that cannot be read back (truncated, corrupt, unknown version)."""
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """A finished job the API answered while PostgreSQL was down, and the file it needs."""
+
+    job: FinishedJob
+    media: MediaSnapshot | None
+
+    @property
+    def job_id(self) -> uuid.UUID:
+        assert self.job.new.job_id is not None
+        return self.job.new.job_id
+
+    def answer(self) -> JobOut:
+        """The job as the API answered it (and answers it until the replay lands)."""
+        return self.job.as_job()
+
+    def to_json(self) -> bytes:
+        new, job = self.job.new, self.job
+        return orjson.dumps(
+            {
+                "version": 2,
+                "job": {
+                    "id": str(new.job_id),
+                    "analysis_type": new.analysis_type,
+                    "params": new.params,
+                    "client_ref": new.client_ref,
+                    "idempotency_key": new.idempotency_key,
+                    "request_fingerprint": new.request_fingerprint,
+                    "started_at": job.started_at.isoformat(),
+                    "finished_at": job.finished_at.isoformat(),
+                    "result": None if job.result is None else job.result.model_dump(mode="json"),
+                    "error": job.error,
+                },
+                "media": None if self.media is None else asdict(self.media),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> OutboxEntry:
+        try:
+            data = orjson.loads(raw)
+            media = data.get("media")
+            snapshot = MediaSnapshot(**media) if media else None
+            if data.get("version") == 1:  # written before 0.2: a whole JobOut
+                return cls(_finished_from_v1(JobOut.model_validate(data["job"])), snapshot)
+            if data.get("version") != 2:
+                raise OutboxEntryError(f"unknown outbox entry version {data.get('version')!r}")
+            job = data["job"]
+            new = NewJob(
+                analysis_type=job["analysis_type"],
+                params=job["params"],
+                client_ref=job["client_ref"],
+                idempotency_key=job["idempotency_key"],
+                job_id=uuid.UUID(job["id"]),
+                request_fingerprint=job["request_fingerprint"],
+            )
+            result = None if job["result"] is None else ResultIn.model_validate(job["result"])
+            finished = FinishedJob(
+                new,
+                datetime.fromisoformat(job["started_at"]),
+                datetime.fromisoformat(job["finished_at"]),
+                result,
+                job["error"],
+            )
+            return cls(finished, snapshot)
+        except OutboxEntryError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError, ValidationError) as exc:
+            raise OutboxEntryError(f"unreadable outbox entry: {_one_line(exc)}") from None
+
+
+def _finished_from_v1(job: JobOut) -> FinishedJob:
+    new = NewJob(
+        analysis_type=job.analysis_type,
+        params=job.params,
+        client_ref=job.client_ref,
+        idempotency_key=job.idempotency_key,
+        job_id=job.id,
+    )
+    result = None
+    if job.result is not None:
+        result = ResultIn.model_validate(job.result.model_dump(exclude={"created_at"}))
+    started = job.started_at or job.created_at
+    return FinishedJob(new, started, job.finished_at or started, result, job.error)
+
+
+@dataclass(frozen=True)
+class KeyClaim:
+    """What the outbox knows of an Idempotency-Key: the deferred job it names."""
+
+    job_id: uuid.UUID
+    fingerprint: str | None
+    age_s: float
+
+
+@dataclass(frozen=True)
+class FailedEntry:
+    job_id: str
+    error: str
+    age_s: float
+
+
+class Outbox:
+    """Durable entries under one directory (see the module docstring for the layout)."""
+
+    def __init__(self, directory: Path, *, create: bool = True) -> None:
+        """``create=False`` reads an outbox as it is (dry runs create nothing)."""
+        self.directory = directory
+        if create:
+            for sub in (directory, directory / FAILED, directory / KEYS, directory / MERGED):
+                sub.mkdir(parents=True, exist_ok=True)
+
+    # ---- entries
+
+    def _path(self, job_id: uuid.UUID) -> Path:
+        return self.directory / f"{job_id}.json"
+
+    def append(self, entry: OutboxEntry) -> None:
+        _write_synced(self._path(entry.job_id), entry.to_json())
+
+    def get(self, job_id: uuid.UUID) -> OutboxEntry | None:
+        """The pending entry of a job; None when there is none or it cannot be read."""
+        try:
+            return OutboxEntry.from_json(self._path(job_id).read_bytes())
+        except FileNotFoundError:
+            return None
+        except OutboxEntryError as exc:
+            log.warning("outbox entry %s unreadable: %s", job_id, exc)
+            return None
+
+    def pending(self) -> list[Path]:
+        """Entries oldest first (by mtime), ignoring unfinished temp files."""
+        files = []
+        for path in self.directory.glob("*.json"):
+            with contextlib.suppress(FileNotFoundError):
+                files.append((path.stat().st_mtime_ns, path))
+        return [path for _, path in sorted(files)]
+
+    def backlog(self) -> int:
+        return sum(1 for _ in self.directory.glob("*.json"))
+
+    def failed_count(self) -> int:
+        return sum(1 for _ in (self.directory / FAILED).glob("*.json"))
+
+    def remove(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+
+    # ---- quarantine
+
+    def quarantine(self, path: Path, error: str) -> None:
+        """Move an entry aside with its error, so the drain goes on without it."""
+        failed = self.directory / FAILED
+        note = failed / f"{path.stem}.error"
+        _write_synced(note, f"{time.time():.0f} {_one_line(error)}\n".encode())
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(path, failed / path.name)
+            fsync_dir(failed)
+            fsync_dir(self.directory)
+
+    def failed(self) -> list[FailedEntry]:
+        found = []
+        now = time.time()
+        for path in sorted((self.directory / FAILED).glob("*.json")):
+            try:
+                stamp, _, error = path.with_suffix(".error").read_text("utf-8").partition(" ")
+                age = now - float(stamp)
+            except (FileNotFoundError, ValueError):
+                error, age = "(no error recorded)", 0.0
+            found.append(FailedEntry(path.stem, error.strip(), max(0.0, age)))
+        return found
+
+    def retry(self, name: str) -> None:
+        """Move a failed entry back to pending (``OperatorError`` when there is none)."""
+        stem = Path(name).name.removesuffix(".json")
+        source = self.directory / FAILED / f"{stem}.json"
+        if not stem or not source.is_file():
+            raise OperatorError(f"no failed outbox entry {stem!r}")
+        os.replace(source, self.directory / source.name)
+        source.with_suffix(".error").unlink(missing_ok=True)
+        fsync_dir(self.directory)
+
+    # ---- idempotency keys
+
+    def _key_path(self, key: str) -> Path:
+        return self.directory / KEYS / hashlib.sha256(key.encode()).hexdigest()
+
+    def key_claim(self, key: str) -> KeyClaim | None:
+        path = self._key_path(key)
+        try:
+            data = orjson.loads(path.read_bytes())
+            age = time.time() - path.stat().st_mtime
+            return KeyClaim(uuid.UUID(data["job_id"]), data.get("fingerprint"), max(0.0, age))
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("outbox key index unreadable, ignored: %s", exc)
+            path.unlink(missing_ok=True)
+            return None
+
+    def claim_key(self, key: str, job_id: uuid.UUID, fingerprint: str | None) -> KeyClaim | None:
+        """Bind ``key`` to ``job_id``; None when this call bound it, else the existing claim.
+
+        Atomic across processes sharing the volume: the index file is complete before
+        ``link()`` makes it visible, and ``link()`` fails if the name exists.
+        """
+        final = self._key_path(key)
+        body = orjson.dumps({"job_id": str(job_id), "fingerprint": fingerprint})
+        for _ in range(2):  # a second try only after removing a stale claim
+            tmp = final.with_name(f"{final.name}.{os.getpid()}.{job_id.hex[:8]}.tmp")
+            _write_fsynced(tmp, body)
+            try:
+                os.link(tmp, final)
+                fsync_dir(final.parent)
+                return None
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+            held = self.key_claim(key)
+            if held is None:
+                continue  # unreadable and removed: try again
+            if held.age_s > STALE_CLAIM_S and self.get(held.job_id) is None:
+                self.release_key(key, held.job_id)  # its writer died before the entry
+                continue
+            return held
+        return self.key_claim(key)
+
+    def release_key(self, key: str, job_id: uuid.UUID) -> None:
+        held = self.key_claim(key)
+        if held is not None and held.job_id == job_id:
+            self._key_path(key).unlink(missing_ok=True)
+
+    # ---- merged aliases
+
+    def record_merge(self, job_id: uuid.UUID, into: uuid.UUID) -> None:
+        _write_synced(self.directory / MERGED / str(job_id), str(into).encode())
+
+    def merged_into(self, job_id: uuid.UUID) -> uuid.UUID | None:
+        try:
+            return uuid.UUID((self.directory / MERGED / str(job_id)).read_text("ascii").strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    # ---- for reconciliation
+
+    def referenced_keys(self) -> set[str]:
+        """Storage keys named by pending or failed entries: files retention must keep."""
+        keys: set[str] = set()
+        for path in [*self.directory.glob("*.json"), *(self.directory / FAILED).glob("*.json")]:
+            with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError):
+                media = orjson.loads(path.read_bytes()).get("media")
+                if media and isinstance(media.get("storage_key"), str):
+                    keys.add(media["storage_key"])
+        return keys
+
+
+class OutboxReplayer:
+    """Drains the outbox into PostgreSQL, entry by entry (see the module docstring)."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        session_factory: async_sessionmaker[AsyncSession],
+        breaker: Breaker,
+        media: MediaStore,
+        *,
+        interval_s: float,
+        on_replayed: Callable[[uuid.UUID], Awaitable[None]] | None = None,
+        on_tick: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.session_factory = session_factory
+        self.breaker = breaker
+        self.interval_s = interval_s
+        self.on_replayed = on_replayed
+        self.on_tick = on_tick
+        self.media = media
+        self.replayed_total = 0
+        self.quarantined_total = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def drain_once(self, max_entries: int = 1000) -> int:
+        """Replay up to ``max_entries``; stops at the first outage. Returns how many landed."""
+        done = 0
+        for path in self.outbox.pending()[:max_entries]:
+            try:
+                entry = OutboxEntry.from_json(path.read_bytes())
+            except FileNotFoundError:
+                continue  # another replayer took it
+            except OutboxEntryError as exc:
+                self._quarantine(path, str(exc))
+                continue
+            try:
+                outcome, stands_for = await self.breaker.call(lambda e=entry: self._write(e))  # type: ignore[misc]
+            except DependencyUnavailableError:
+                break
+            except Exception as exc:  # poison: set it aside, keep draining
+                self._quarantine(path, f"{type(exc).__name__}: {exc}")
+                continue
+            if outcome is ReplayOutcome.merged:
+                self.outbox.record_merge(entry.job_id, stands_for)
+            self.outbox.remove(path)
+            if entry.job.new.idempotency_key is not None:
+                self.outbox.release_key(entry.job.new.idempotency_key, entry.job_id)
+            done += 1
+            if self.on_replayed is not None:
+                await self.on_replayed(entry.job_id)
+        self.replayed_total += done
+        return done
+
+    def _quarantine(self, path: Path, error: str) -> None:
+        log.error("outbox entry %s quarantined: %s", path.name, _one_line(error))
+        self.outbox.quarantine(path, error)
+        self.quarantined_total += 1
+
+    async def _write(self, entry: OutboxEntry) -> tuple[ReplayOutcome, uuid.UUID]:
+        async with self.session_factory.begin() as session:
+            media_id = None
+            if entry.media is not None:
+                media_id = await self.media.register_placed(session, entry.media)
+                if media_id is None:
+                    log.warning("replayed job %s without its media: file gone", entry.job_id)
+            outcome, stands_for = await replay_finished(session, entry.job, media_id)
+        if outcome is ReplayOutcome.key_dropped:
+            log.warning("replayed job %s without its idempotency key (another request's)",
+                        entry.job_id)  # fmt: skip
+        return outcome, stands_for
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if self.on_tick is not None:
+                    await self.on_tick()
+                if self.outbox.backlog():
+                    await self.drain_once()
+            except Exception:  # keep the loop alive; the next tick retries
+                log.exception("outbox replay failed")
+            await asyncio.sleep(self.interval_s)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="outbox-replayer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+def _write_fsynced(path: Path, body: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(body)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _write_synced(final: Path, body: bytes) -> None:
+    """Write ``body`` durably: a temp name, fsync, rename onto ``final``, fsync the folder."""
+    tmp = final.with_name(f"{final.name}.{os.getpid()}.tmp")
+    _write_fsynced(tmp, body)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def _one_line(error: object) -> str:
+    return " ".join(str(error).split())[:_ERROR_CHARS]
+
+
+# ---------------------------------------------------------------- command line
+
+
+@dataclass(frozen=True)
+class OutboxListing:
+    pending: list[dict[str, Any]]
+    failed: list[dict[str, Any]]
+
+
+def list_entries(storage_root: Path) -> OutboxListing:
+    outbox = Outbox(Path(storage_root) / "outbox")
+    now = time.time()
+    pending: list[dict[str, Any]] = []
+    for path in outbox.pending():
+        row: dict[str, Any] = {"job_id": path.stem, "age_s": None, "idempotency_key": None}
+        with contextlib.suppress(FileNotFoundError):
+            row["age_s"] = round(now - path.stat().st_mtime, 1)
+            entry = outbox.get(uuid.UUID(path.stem)) if _is_uuid(path.stem) else None
+            row["idempotency_key"] = entry.job.new.idempotency_key if entry else None
+        pending.append(row)
+    failed = [
+        {"job_id": f.job_id, "age_s": round(f.age_s, 1), "error": f.error} for f in outbox.failed()
+    ]
+    return OutboxListing(pending, failed)
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m app_patch.outbox list [--json] | retry ID`` on the configured storage root."""
+    from app_patch.errors import one_line_errors
+    from app_patch.settings import get_settings
+
+    parser = argparse.ArgumentParser(prog="python -m app_patch.outbox")
+    sub = parser.add_subparsers(dest="command", required=True)
+    listing = sub.add_parser("list", help="pending and failed entries")
+    listing.add_argument("--json", action="store_true")
+    retry = sub.add_parser("retry", help="move a failed entry back to pending")
+    retry.add_argument("entry")
+    args = parser.parse_args(argv)
+    with one_line_errors():
+        root = get_settings().storage.root
+        if not (Path(root) / "outbox").is_dir():
+            raise OperatorError(f"no outbox under the storage root {root}")
+        if args.command == "retry":
+            Outbox(Path(root) / "outbox").retry(args.entry)
+            print(f"moved {args.entry} back to pending")
+            return 0
+        found = list_entries(root)
+    if args.json:
+        print(json.dumps(asdict(found)))
+    else:
+        for row in found.pending:
+            print(f"pending {row['job_id']} age {row['age_s']}s key {row['idempotency_key']}")
+        for row in found.failed:
+            print(f"failed  {row['job_id']} age {row['age_s']}s: {row['error']}")
+        print(f"{len(found.pending)} pending, {len(found.failed)} failed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Which storage root belongs to which database: a marker file in the root, a row in the database.
+
+A root gets a random id in ``<root>/.store-id`` the first time a writer opens it; the database
+records the id of the root its rows point into (``store_identity``, one row) the first time a
+writer uses the pair. From then on:
+
+* a writer (the API, ``MediaStore``) refuses to store into a root whose id differs (507), so two
+  roots never fill one database;
+* retention's reconciling policies (missing, orphans, quota) refuse, with one line, a root
+  whose id is not the recorded one, and a database that has live rows but no recorded root.
+  A host-side sweep pointed at the wrong directory therefore removes nothing.
+
+Only writers claim an unrecorded database (they run where the files are). A sweeper never
+claims: with no recorded root it goes on only where nothing could be lost (no live file rows
+and no stored files), and refuses otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app_patch.errors import OperatorError
+from app_patch.models import Artifact, MediaFile, StoreIdentity
+from app_patch.storage import ARTIFACTS, UPLOADS, fsync_dir
+
+MARKER_NAME = ".store-id"
+
+
+class StoreMismatchError(OperatorError):
+    """The storage root is not the one the database's rows point into."""
+
+
+def marker_path(root: Path) -> Path:
+    return Path(root) / MARKER_NAME
+
+
+def read_marker(root: Path) -> uuid.UUID | None:
+    """The root's id, or None when it has no (readable) marker. Never creates anything."""
+    try:
+        return uuid.UUID(marker_path(root).read_text(encoding="ascii").strip())
+    except (FileNotFoundError, NotADirectoryError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def ensure_marker(root: Path) -> uuid.UUID:
+    """The root's id, writing a new one (tmp, fsync, link: first writer wins) if it has none."""
+    existing = read_marker(root)
+    if existing is not None:
+        return existing
+    new = uuid.uuid4()
+    final = marker_path(root)
+    tmp = final.with_name(f"{MARKER_NAME}.{os.getpid()}.{new.hex[:8]}.tmp")
+    with open(tmp, "w", encoding="ascii") as handle:
+        handle.write(f"{new}\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        os.link(tmp, final)  # fails if another process wrote its marker first
+    except FileExistsError:
+        pass
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    fsync_dir(final.parent)
+    found = read_marker(root)
+    if found is None:
+        raise StoreMismatchError(f"cannot read the storage marker {MARKER_NAME} just written")
+    return found
+
+
+async def recorded_id(conn: AsyncConnection) -> uuid.UUID | None:
+    value: uuid.UUID | None = await conn.scalar(select(StoreIdentity.store_id))
+    return value
+
+
+async def claim(conn: AsyncConnection, store_id: uuid.UUID) -> uuid.UUID:
+    """Record ``store_id`` unless an id is recorded already; returns the recorded id."""
+    await conn.execute(insert(StoreIdentity).values(store_id=store_id).on_conflict_do_nothing())
+    recorded = await recorded_id(conn)
+    assert recorded is not None
+    return recorded
+
+
+def _mismatch(root: Path, marker: uuid.UUID | None, recorded: uuid.UUID) -> StoreMismatchError:
+    found = "has no storage marker" if marker is None else "belongs to another database"
+    return StoreMismatchError(
+        f"storage root {root} {found} (the database records store {str(recorded)[:8]}); "
+        "check MA_STORAGE_ROOT and the database URL, or run retention where the volume is"
+    )
+
+
+async def check_for_writer(conn: AsyncConnection, root: Path) -> uuid.UUID:
+    """For code that stores files: claim the pair if unrecorded, else require a match."""
+    marker = ensure_marker(root)
+    recorded = await claim(conn, marker)
+    if recorded != marker:
+        raise _mismatch(root, marker, recorded)
+    return marker
+
+
+async def check_for_sweeper(conn: AsyncConnection, root: Path) -> uuid.UUID | None:
+    """For retention: the root must be the recorded one. Read only: with no recorded root, a
+    sweep may go on only where nothing could be lost (no live file rows, no stored files)."""
+    marker = read_marker(root)
+    recorded = await recorded_id(conn)
+    if recorded is not None:
+        if marker != recorded:
+            raise _mismatch(root, marker, recorded)
+        return recorded
+    if await _has_live_files(conn) or _has_stored_files(root):
+        raise StoreMismatchError(
+            "the database records no storage root yet, so this root cannot be proven to be "
+            "its own: start the API on its storage once (it records the root), then rerun"
+        )
+    return None
+
+
+async def _has_live_files(conn: AsyncConnection) -> bool:
+    for model in (MediaFile, Artifact):
+        found = await conn.scalar(
+            select(func.count()).select_from(
+                select(model.id).where(model.deleted_at.is_(None)).limit(1).subquery()
+            )
+        )
+        if found:
+            return True
+    return False
+
+
+def _has_stored_files(root: Path) -> bool:
+    """Any regular file under uploads/ or artifacts/ (stops at the first one)."""
+    for area in (UPLOADS, ARTIFACTS):
+        for _dirpath, _dirs, files in os.walk(Path(root) / area):
+            if files:
+                return True
+    return False
