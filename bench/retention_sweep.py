@@ -27,6 +27,7 @@ from pathlib import Path
 
 import psycopg
 
+from app_patch import store_identity
 from app_patch.db import create_engine
 from app_patch.retention import Policy, Sweeper
 from app_patch.settings import RetentionSettings, StorageSettings
@@ -81,7 +82,7 @@ def insert_expired_rows(db_url: str, shas: list[str]) -> None:
     created = expired - dt.timedelta(days=30)
     with psycopg.connect(libpq(db_url)) as conn:
         with conn.cursor() as cur:
-            cur.execute("TRUNCATE media_files, retention_events CASCADE")
+            cur.execute("TRUNCATE media_files, retention_events, store_identity CASCADE")
             with cur.copy(
                 "COPY media_files (id, sha256, size_bytes, content_type, original_name,"
                 " storage_key, created_at, last_accessed_at, expires_at) FROM STDIN"
@@ -117,6 +118,8 @@ async def sweep(env: BenchEnv, db_url: str, root: Path) -> tuple[Timed, int]:
     engine = create_engine(settings.db, db_url)
     try:
         storage = await Storage.open(settings.storage)
+        async with engine.begin() as conn:  # the root is this database's, as the API records
+            await store_identity.check_for_writer(conn, storage.root)
         sweeper = Sweeper(engine, storage, RetentionSettings())
         async with engine.connect():  # one connection opened before timing, like the others
             pass

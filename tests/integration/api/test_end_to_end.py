@@ -262,7 +262,12 @@ async def test_health_and_metrics(client: httpx.AsyncClient) -> None:
     assert ready.status_code == 200, describe(ready)
     body = ready.json()
     assert body["status"] == "ok", body
-    assert body["checks"] == {"postgres": "ok", "redis": "ok", "storage": "ok"}, body
+    assert body["checks"] == {
+        "postgres": "ok",
+        "redis": "ok",
+        "storage": "ok",
+        "outbox": "ok",
+    }, body
     assert body["outbox_backlog"] == 0
     assert isinstance(body["storage_usage"], dict)
 
