@@ -387,6 +387,12 @@ async def test_postgres_sigkill_under_uploads_loses_nothing(
         assert body.get("checks", {}).get("postgres") == "ok", body
         assert body.get("outbox_failed") == 0, f"outbox entries quarantined: {body}"
         assert live.outbox_files() == [], [p.name for p in live.outbox_files()]
+        leftovers = {
+            sub.name: sum(1 for _ in sub.iterdir())
+            for sub in sorted(live.outbox_dir.iterdir())
+            if sub.is_dir()
+        }
+        print(f"outbox after the drain: 0 pending, per folder {leftovers}")
 
         # every 2xx job exactly once, and no job nobody was told about
         rows = Counter(await job_rows(live.db_url))
