@@ -15,13 +15,14 @@ import sys
 from dotenv import load_dotenv
 from invoke import Collection, Context, Exit, task
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
+from rich.table import Column, Table
 
 from app_patch import migrate as migrations
 from app_patch.db import redacted
 from app_patch.errors import one_line_errors
 from app_patch.settings import get_settings
-from infra import stack_ops, tasks_infra
+from infra import in_stack, stack_ops, tasks_infra
 from infra.secrets_file import STACK_ENV, ensure_stack_env
 from infra.verify_containers import report
 
@@ -174,15 +175,17 @@ for infra_task in tasks_infra.TASKS:
     }
 )
 def retention(c: Context, dry_run: bool = False, policy: str = "") -> None:
-    """Apply retention: expired uploads/artifacts, quota, missing files, orphans, tmp; audited."""
+    """Apply retention: expired uploads/artifacts, quota, missing files, orphans, tmp; audited.
+
+    Runs where the files are: in the API container of a compose/Pulumi stack, else here."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
     from app_patch import retention as sweep
 
+    code = 0
     with one_line_errors():
         policies = sweep.parse_policies(policy)
-        settings = get_settings()
-        url = stack_ops.target_database_url()
+        target = stack_ops.file_store_target()
         columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn())
         with Progress(*columns, console=console, transient=True) as bar:
             bars: dict[str, TaskID] = {}
@@ -192,10 +195,26 @@ def retention(c: Context, dry_run: bool = False, policy: str = "") -> None:
                     bars[name] = bar.add_task(name, total=total)
                 bar.update(bars[name], completed=done, total=total)
 
-            report = sweep.sweep_configured(
-                settings, url, dry_run=dry_run, policies=policies, on_progress=on_progress
-            )
+            report: sweep.SweepReport | in_stack.RetentionReport
+            if isinstance(target, in_stack.ContainerTarget):
+                report, code = in_stack.retention_in_container(
+                    target,
+                    dry_run=dry_run,
+                    policies=[p.value for p in policies] if policy.strip() else [],
+                    on_progress=on_progress,
+                    on_output=lambda line: _log(escape(line)),
+                )
+            else:
+                report = sweep.sweep_configured(
+                    get_settings(),
+                    stack_ops.target_database_url(),
+                    dry_run=dry_run,
+                    policies=policies,
+                    on_progress=on_progress,
+                )
     title = "retention (dry run: would delete)" if dry_run else "retention: deleted"
+    if isinstance(target, in_stack.ContainerTarget):
+        title += f" (in {target.container})"
     table = Table("policy", "objects", "bytes", title=title)
     for name, objects, nbytes in report.summary_rows():
         table.add_row(name, str(objects), f"{nbytes:,}")
@@ -203,8 +222,49 @@ def retention(c: Context, dry_run: bool = False, policy: str = "") -> None:
     if report.error_count:
         console.print(f"[yellow]{report.error_count} problem(s); first ones:[/yellow]")
         for line in report.errors:
-            console.print(f"  {line}")
+            console.print(f"  {escape(line)}")
+    if report.error_count or code:
         raise Exit(code=1)
 
 
 ns.add_task(retention)
+
+
+@task(help={"retry": "move this failed entry (job id or file name) back to pending"})
+def outbox(c: Context, retry: str = "") -> None:
+    """List the outbox's pending and failed entries (where the files are, like retention)."""
+    with one_line_errors():
+        target = stack_ops.file_store_target()
+        if retry:
+            for line in in_stack.outbox_retry(target, retry):
+                console.print(escape(line))
+        listing = in_stack.outbox_list(target)
+    where = f" in {target.container}" if isinstance(target, in_stack.ContainerTarget) else ""
+    if not listing.pending and not listing.failed:
+        console.print(f"outbox{where}: empty")
+        return
+    entry_column = Column("entry", no_wrap=True, min_width=36)  # ids are what --retry takes
+    table = Table("state", entry_column, "age", "idempotency key / error", title=f"outbox{where}")
+    for entry in listing.pending:
+        table.add_row(
+            "pending",
+            escape(str(entry.get("job_id", ""))),
+            _age(entry.get("age_s")),
+            escape(str(entry.get("idempotency_key") or "")),
+        )
+    for entry in listing.failed:
+        name = escape(str(entry.get("job_id") or entry.get("file") or ""))
+        error = escape(str(entry.get("error") or ""))
+        table.add_row("[red]failed[/red]", name, _age(entry.get("age_s")), error)
+    console.print(table)
+    console.print(f"{len(listing.pending)} pending, {len(listing.failed)} failed")
+
+
+ns.add_task(outbox)
+
+
+def _age(seconds: object) -> str:
+    """Ages as the outbox module reports them (seconds, or null when unknown)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return ""
+    return f"{seconds:.0f} s" if seconds < 3600 else f"{seconds / 3600:.1f} h"

@@ -147,6 +147,8 @@ async def open_runtime(
             return  # retried on the next tick
         except StoreMismatchError as exc:
             log.error("%s", exc)
+        except Exception as exc:  # e.g. not migrated yet: never fail start-up, retry later
+            log.warning("storage identity not recorded yet: %s", type(exc).__name__)
 
     await record_store_identity()
     replayer = OutboxReplayer(

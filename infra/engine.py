@@ -8,7 +8,8 @@
 3. ``embedded``: neither -> the embedded PostgreSQL (pgserver) and a local ``redis-server``
    (no containers, no API process: the caller serves the API itself).
 
-``up`` records what it started in ``.data/infra-stack.json`` so ``down`` stops the same thing.
+``up`` records what it started in ``.data/infra-stack.json`` (``MA_INFRA_STATE_FILE`` overrides
+the path) so ``down`` stops the same thing.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from infra.stack import API_PORT, POSTGRES_PORT, REDIS_PORT, build_stack
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / ".data"
-STATE_FILE = DATA_DIR / "infra-stack.json"
+# MA_INFRA_STATE_FILE points the tasks at another record (a test stack, a second checkout).
+STATE_FILE = Path(os.environ.get("MA_INFRA_STATE_FILE") or DATA_DIR / "infra-stack.json")
 
 Log = Callable[[str], None]
 

@@ -7,17 +7,21 @@ embedded engine gets a local API process so that every engine ends with an API t
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+
+from docker.errors import DockerException
 
 from app_patch import migrate as migrations
 from app_patch.bootstrap import database_url
+from app_patch.errors import OperatorError
 from app_patch.migrate import UpgradeReport
 from app_patch.settings import get_settings
+from infra import docker_host, local_api
 from infra import engine as stack_engine
-from infra import local_api
-from infra.config import config_from_env, secrets_from_env
+from infra.config import ConfigError, config_from_env, secrets_from_env
 from infra.engine import Engine, StackEndpoints
+from infra.in_stack import ContainerTarget, FileStoreTarget, LocalTarget, StackNotRunningError
 from infra.smoke import SmokeTarget, run_smoke
 from infra.verify_containers import CheckResult, run_checks
 
@@ -49,6 +53,47 @@ def target_database_url() -> str:
     if settings.db.url is not None:
         return settings.db.url.get_secret_value()
     return current_endpoints().database_url
+
+
+EXPLICIT_STORE_VARS = ("MA_STORAGE_ROOT", "MA_DB_URL", "DATABASE_URL")
+"""Set in the environment, any of these means: the operator names the store, run here."""
+
+
+def file_store_target(environ: Mapping[str, str] | None = None) -> FileStoreTarget:
+    """Where retention and the outbox tools must run: where the files are.
+
+    Here when the operator named the store or the database explicitly (an explicit wrong
+    root is then refused by the library against the database), or when no container stack
+    is recorded; otherwise inside the recorded stack's API container, the only place that
+    mounts the ``media-storage`` volume. A recorded stack whose API container is not running
+    is a :class:`StackNotRunningError` (one line: start it), never a silent local run.
+    """
+    env = os.environ if environ is None else environ
+    explicit = [name for name in EXPLICIT_STORE_VARS if env.get(name, "").strip()]
+    if explicit:
+        return LocalTarget(f"{', '.join(explicit)} set in the environment")
+    kind = stack_engine.recorded_engine()
+    if kind not in {Engine.COMPOSE, Engine.PULUMI}:
+        return LocalTarget(f"no container stack recorded in {stack_engine.STATE_FILE}")
+    try:
+        config = stack_engine.recorded_config() or config_from_env(env)
+    except ConfigError as exc:
+        raise OperatorError(str(exc)) from None
+    name = config.api_name
+    try:
+        state = docker_host.container_state(name)
+    except (DockerException, OSError) as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise StackNotRunningError(
+            f"a {kind} stack is recorded but no Docker engine answers ({detail}): "
+            "start it with `invoke up`"
+        ) from None
+    if state.status != "running":
+        raise StackNotRunningError(
+            f"the API container {name} of the {kind} stack is {state.status}, and the media "
+            "volume is only mounted there: start it with `invoke up`"
+        )
+    return ContainerTarget(name)
 
 
 def up(*, engine: str | None, build: bool, log: Log) -> StackEndpoints:
