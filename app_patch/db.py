@@ -97,6 +97,7 @@ def create_engine(settings: DatabaseSettings, url: str | URL) -> AsyncEngine:
         pool_recycle=settings.pool_recycle_s,
         pool_pre_ping=settings.pool_pre_ping,
         echo=settings.echo,
+        hide_parameters=True,  # a statement's values never reach an error text or a log
         connect_args={
             "connect_timeout": settings.connect_timeout_s,
             "options": f"-c statement_timeout={settings.statement_timeout_ms}",

@@ -9,11 +9,13 @@ from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app_patch import health, routes
+from app_patch.access import AccessGuard
 from app_patch.logs import configure_logging
 from app_patch.metrics import Metrics
 from app_patch.resilience import DependencyUnavailableError
@@ -68,6 +70,12 @@ def install(
     app.include_router(routes.router, tags=["analyses"])
     app.include_router(health.router)
     _add_error_handlers(app)
+    app.add_middleware(
+        AccessGuard,
+        digests=settings.api.key_digests(),
+        metrics=settings.api.metrics_access,
+        docs=settings.api.docs_access,
+    )
     _add_request_middleware(app, metrics, settings.storage.max_upload_bytes)
 
 
@@ -95,6 +103,16 @@ def _add_error_handlers(app: FastAPI) -> None:
             503, "temporarily unavailable; retry later", {"Retry-After": routes.RETRY_AFTER_S}
         )
 
+    async def invalid_request(_: Request, exc: Exception) -> Response:
+        # FastAPI's default body echoes each bad value back ("input"): never the input here
+        assert isinstance(exc, RequestValidationError)
+        errors = [
+            {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type")}
+            for err in exc.errors()[:20]
+        ]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(UploadTooLargeError, too_large)
     app.add_exception_handler(InvalidCursorError, bad_cursor)
     app.add_exception_handler(StorageKeyError, bad_key)

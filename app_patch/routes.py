@@ -180,9 +180,12 @@ async def list_analyses(
         created_to=_aware(created_to),
     )
     try:
-        return await rt.history.list_history(limit=limit, cursor=cursor, filters=filters)
+        page = await rt.history.list_history(limit=limit, cursor=cursor, filters=filters)
     except DependencyUnavailableError:
         raise unavailable("the analysis history") from None
+    # a listing shows every client's jobs: their Idempotency-Keys are theirs alone
+    hidden = [job.model_copy(update={"idempotency_key": None}) for job in page.items]
+    return page.model_copy(update={"items": hidden})
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -238,7 +241,13 @@ class OpenedFileResponse(StreamingResponse):
         super().__init__(
             opened.chunks(),
             media_type=opened.content_type,
-            headers={"Content-Length": str(opened.size_bytes)},
+            headers={
+                "Content-Length": str(opened.size_bytes),
+                # uploaded bytes are never rendered by a browser as ours
+                "X-Content-Type-Options": "nosniff",
+                "Content-Disposition": f'attachment; filename="{opened.sha256}"',
+                "Content-Security-Policy": "sandbox",
+            },
         )
         self.opened = opened
 

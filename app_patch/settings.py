@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -134,11 +135,35 @@ class ApiSettings(BaseSettings):
     log_json: bool = Field(default=False, description="JSON logs (containers) vs console")
     log_level: str = Field(default="INFO", description="root log level")
     history_page_max: int = Field(default=200, ge=1, description="largest accepted limit")
+    keys: SecretStr | None = Field(
+        default=None, description="SHA-256 digests of the API keys, comma-separated; unset: open"
+    )
+    keys_file: Path | None = Field(
+        default=None, description="file with the key digests (one per line; wins over MA_API_KEYS)"
+    )
+    metrics_access: Literal["public", "key", "off"] = Field(
+        default="key", description="/metrics: public, behind the key, or off"
+    )
+    docs_access: Literal["public", "key", "off"] = Field(
+        default="key", description="/docs, /redoc, /openapi.json: public, key or off"
+    )
 
     @field_validator("log_level")
     @classmethod
     def _upper(cls, value: str) -> str:
         return value.upper()
+
+    def key_digests(self) -> frozenset[str]:
+        """The configured digests (``MA_API_KEYS_FILE`` first); empty: no key needed."""
+        from app_patch.access import parse_digests
+
+        if self.keys_file is not None:
+            try:
+                raw = self.keys_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ValueError(f"MA_API_KEYS_FILE cannot be read ({exc.strerror})") from None
+            return parse_digests(raw)
+        return parse_digests(self.keys.get_secret_value()) if self.keys is not None else frozenset()
 
 
 class Settings(BaseSettings):

@@ -51,5 +51,25 @@ def markdown() -> str:
     return "\n".join(lines)
 
 
+def write_readme() -> None:
+    """Replace the table between the README's settings-table markers."""
+    import re
+
+    readme = PROJECT_ROOT / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    pattern = re.compile(
+        r"(<!-- settings-table:start.*?-->\n)(.*?)(\n<!-- settings-table:end -->)", re.S
+    )
+    updated, count = pattern.subn(lambda m: m.group(1) + markdown() + m.group(3), text)
+    if count != 1:
+        raise SystemExit("error: README.md has no settings-table markers")
+    readme.write_text(updated, encoding="utf-8")
+
+
 if __name__ == "__main__":
-    print(markdown())
+    import sys
+
+    if "--write" in sys.argv[1:]:
+        write_readme()
+    else:
+        print(markdown())
