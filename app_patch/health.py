@@ -63,6 +63,8 @@ async def redis_state(rt: Runtime) -> DependencyState:
 
 
 async def storage_state(rt: Runtime) -> DependencyState:
+    if rt.media.identity_problem is not None:
+        return "down"  # not this database's store: uploads are refused (507)
     try:
         await asyncio.wait_for(rt.storage.check_writable(), PROBE_TIMEOUT_S)
     except (StorageError, TimeoutError):

@@ -17,6 +17,7 @@ always has its file; the reverse (a file without a live row) is the reconcilable
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import uuid
@@ -37,6 +38,7 @@ from app_patch.settings import RetentionSettings
 from app_patch.storage import (
     StagedFile,
     Storage,
+    StorageUnavailableError,
     StoredFileMissingError,
     artifact_key,
     in_thread,
@@ -91,6 +93,7 @@ class OpenedFile:
     content_type: str
     _storage: Storage = field(repr=False)
     _fd: int = field(repr=False)
+    _reading: asyncio.Future[bytes] | None = field(default=None, repr=False)
 
     async def chunks(self, chunk_size: int | None = None) -> AsyncIterator[bytes]:
         size = chunk_size or self._storage.settings.chunk_bytes
@@ -98,7 +101,8 @@ class OpenedFile:
             for _ in range(1 << 40):  # bounded: a chunk per iteration until EOF
                 if self._fd < 0:
                     raise RuntimeError("file already consumed or closed")
-                data = await in_thread(os.read, self._fd, size)
+                self._reading = asyncio.ensure_future(asyncio.to_thread(os.read, self._fd, size))
+                data = await asyncio.shield(self._reading)
                 if not data:
                     return
                 yield data
@@ -110,9 +114,23 @@ class OpenedFile:
         return self._fd < 0
 
     def close(self) -> None:
+        """Close the fd now, or, while a read in a worker thread still uses it, right after
+        that read: a descriptor number closed under a running read could be reused by another
+        file or socket before the read happens."""
         fd, self._fd = self._fd, -1
-        if fd >= 0:
+        if fd < 0:
+            return
+        reading = self._reading
+        if reading is not None and not reading.done():
+            reading.add_done_callback(lambda done: _close_after(done, fd))
+        else:
             os.close(fd)
+
+
+def _close_after(read: asyncio.Future[bytes], fd: int) -> None:
+    if not read.cancelled():
+        read.exception()  # retrieved: the read's own failure is of no interest any more
+    os.close(fd)
 
 
 def clean_content_type(value: str | None) -> str:
@@ -143,16 +161,24 @@ class MediaStore:
         self.storage = storage
         self.retention = retention
         self.identity_checked = False
+        self.identity_problem: str | None = None  # why the root is refused (readiness)
 
     async def check_identity(self) -> None:
         """Record this root as the database's store, or refuse a root that is not
         (``StoreMismatchError``); checked once per process, before the first write."""
         if self.identity_checked:
             return
-        async with self.sessions.begin() as session:
-            conn = await session.connection()
-            await store_identity.check_for_writer(conn, self.storage.root)
+        try:
+            async with self.sessions.begin() as session:
+                conn = await session.connection()
+                await store_identity.check_for_writer(conn, self.storage.root)
+        except store_identity.StoreMismatchError as exc:
+            self.identity_problem = str(exc)
+            raise
+        except OSError as exc:  # the marker cannot be read or written: a storage failure
+            raise StorageUnavailableError.from_os(exc, "use the storage marker") from exc
         self.identity_checked = True
+        self.identity_problem = None
 
     @property
     def _uploads_ttl(self) -> timedelta:

@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app_patch.errors import OperatorError
@@ -47,11 +48,11 @@ from app_patch.repository import (
 )
 from app_patch.resilience import Breaker, DependencyUnavailableError
 from app_patch.schemas import JobOut, ResultIn
-from app_patch.storage import fsync_dir
+from app_patch.storage import StorageUnavailableError, fsync_dir
+from app_patch.store_identity import StoreMismatchError
 
 log = logging.getLogger(__name__)
 FAILED, KEYS, MERGED = "failed", "keys", "merged"
-STALE_CLAIM_S = 60.0  # a key claimed this long ago without its entry: the claimer died
 _ERROR_CHARS = 500
 
 
@@ -258,11 +259,18 @@ class Outbox:
             path.unlink(missing_ok=True)
             return None
 
+    def withdraw(self, job_id: uuid.UUID) -> None:
+        """Remove a pending entry that its request gave up (it may be gone already)."""
+        with contextlib.suppress(OSError):
+            self._path(job_id).unlink(missing_ok=True)
+
     def claim_key(self, key: str, job_id: uuid.UUID, fingerprint: str | None) -> KeyClaim | None:
         """Bind ``key`` to ``job_id``; None when this call bound it, else the existing claim.
 
         Atomic across processes sharing the volume: the index file is complete before
-        ``link()`` makes it visible, and ``link()`` fails if the name exists.
+        ``link()`` makes it visible, and ``link()`` fails if the name exists. Callers write
+        the entry first, so a claim whose entry is gone is stale (replayed, or its request
+        withdrew) and is replaced.
         """
         final = self._key_path(key)
         body = orjson.dumps({"job_id": str(job_id), "fingerprint": fingerprint})
@@ -280,8 +288,8 @@ class Outbox:
             held = self.key_claim(key)
             if held is None:
                 continue  # unreadable and removed: try again
-            if held.age_s > STALE_CLAIM_S and self.get(held.job_id) is None:
-                self.release_key(key, held.job_id)  # its writer died before the entry
+            if not self._path(held.job_id).exists():
+                self.release_key(key, held.job_id)  # stale: its entry is gone
                 continue
             return held
         return self.key_claim(key)
@@ -315,6 +323,25 @@ class Outbox:
         return keys
 
 
+def is_entry_failure(exc: BaseException) -> bool:
+    """Failures that belong to one entry (quarantine it) rather than to the environment.
+
+    A schema that is not migrated, missing privileges, a read-only standby, a store that is
+    not the database's or an unwritable volume would fail every entry alike: those stop the
+    drain (retried on the next tick) instead of emptying the outbox into ``failed/``.
+    """
+    environment = (
+        sa_exc.ProgrammingError,
+        sa_exc.InternalError,
+        sa_exc.NotSupportedError,
+        sa_exc.OperationalError,
+        StoreMismatchError,
+        StorageUnavailableError,
+        OSError,
+    )
+    return not isinstance(exc, environment)
+
+
 class OutboxReplayer:
     """Drains the outbox into PostgreSQL, entry by entry (see the module docstring)."""
 
@@ -327,7 +354,7 @@ class OutboxReplayer:
         *,
         interval_s: float,
         on_replayed: Callable[[uuid.UUID], Awaitable[None]] | None = None,
-        on_tick: Callable[[], Awaitable[None]] | None = None,
+        on_tick: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.outbox = outbox
         self.session_factory = session_factory
@@ -341,7 +368,16 @@ class OutboxReplayer:
         self._task: asyncio.Task[None] | None = None
 
     async def drain_once(self, max_entries: int = 1000) -> int:
-        """Replay up to ``max_entries``; stops at the first outage. Returns how many landed."""
+        """Replay up to ``max_entries``; stops at the first outage. Returns how many landed.
+
+        Nothing is replayed into a database that does not record this store (a wrong
+        ``MA_DB_URL`` would take the jobs and leave their files to the other store's orphans).
+        """
+        try:
+            await self.breaker.call(self.media.check_identity)
+        except Exception as exc:  # outage, not migrated, or not this database's store
+            log.debug("outbox replay waits: %s", type(exc).__name__)
+            return 0
         done = 0
         for path in self.outbox.pending()[:max_entries]:
             try:
@@ -355,7 +391,10 @@ class OutboxReplayer:
                 outcome, stands_for = await self.breaker.call(lambda e=entry: self._write(e))  # type: ignore[misc]
             except DependencyUnavailableError:
                 break
-            except Exception as exc:  # poison: set it aside, keep draining
+            except Exception as exc:
+                if not is_entry_failure(exc):  # the database or the store, not this entry
+                    log.warning("outbox replay paused: %s", type(exc).__name__)
+                    break
                 self._quarantine(path, f"{type(exc).__name__}: {exc}")
                 continue
             if outcome is ReplayOutcome.merged:

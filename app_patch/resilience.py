@@ -37,9 +37,8 @@ def is_database_outage(exc: BaseException) -> bool:
         )
     if isinstance(exc, sa_exc.TimeoutError | sa_exc.PendingRollbackError):
         return True  # pool exhausted by hung connections; a transaction broken by a dead one
-    return isinstance(
-        exc, psycopg.OperationalError | OSError | ConnectionError | asyncio.TimeoutError
-    )
+    # a bare OSError may come from the file store (EIO, EROFS): never PostgreSQL's breaker
+    return isinstance(exc, psycopg.OperationalError | ConnectionError | asyncio.TimeoutError)
 
 
 class Breaker:

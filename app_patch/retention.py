@@ -336,9 +336,11 @@ class _Run:
         passed: set[uuid.UUID],
         *still: ColumnElement[bool],
     ) -> Sequence[Any]:
-        """``file_locks`` steps 1 and 2 for rows: key locks (busy keys skipped), then row locks
-        (locked rows skipped), re-reading each row under both (``still`` must hold)."""
+        """``file_locks`` steps 1 and 2 for rows: key locks (busy keys, and keys a pending or
+        failed outbox entry names, skipped), then row locks (locked rows skipped), re-reading
+        each row under both (``still`` must hold)."""
         free = await try_lock_keys(conn, [c.storage_key for c in candidates])
+        free -= await self.outbox_keys()  # a job answered during an outage still needs it
         model = kind.model
         ids = [c.id for c in candidates if c.storage_key in free]
         rows: Sequence[Any] = []

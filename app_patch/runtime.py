@@ -137,18 +137,25 @@ async def open_runtime(
 
     media = MediaStore(sessions, storage, settings.retention)
 
-    async def record_store_identity() -> None:
-        """Claim (or check) the storage root for this database once PostgreSQL answers."""
+    async def record_store_identity() -> bool:
+        """Claim (or check) the storage root for this database once PostgreSQL answers
+        (the replayer checks it too before every drain)."""
         if media.identity_checked:
-            return
+            return True
         try:
             await db_breaker.call(media.check_identity)
         except DependencyUnavailableError:
-            return  # retried on the next tick
+            return False  # retried on the next tick
         except StoreMismatchError as exc:
-            log.error("%s", exc)
+            if media.identity_problem != str(exc):  # said once, not every tick
+                log.error("%s", exc)
+            media.identity_problem = str(exc)
+            return False
         except Exception as exc:  # e.g. not migrated yet: never fail start-up, retry later
             log.warning("storage identity not recorded yet: %s", type(exc).__name__)
+            return False
+        media.identity_problem = None
+        return True
 
     await record_store_identity()
     replayer = OutboxReplayer(
@@ -158,7 +165,7 @@ async def open_runtime(
         media,
         interval_s=settings.resilience.replay_interval_s,
         on_replayed=after_replay,
-        on_tick=record_store_identity,
+        on_tick=record_store_identity,  # says why the store is refused, once
     )
     submissions = AnalysisService(
         storage=storage,

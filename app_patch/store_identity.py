@@ -10,9 +10,9 @@ writer uses the pair. From then on:
   whose id is not the recorded one, and a database that has live rows but no recorded root.
   A host-side sweep pointed at the wrong directory therefore removes nothing.
 
-Only writers claim an unrecorded database (they run where the files are). A sweeper never
-claims: with no recorded root it goes on only where nothing could be lost (no live file rows
-and no stored files), and refuses otherwise.
+Only writers claim an unrecorded database (they run where the files are), and only a root that
+is provably its own (``_may_claim``). A sweeper never claims: with no recorded root it goes on
+only where nothing could be lost (no live file rows and no stored files), and refuses otherwise.
 """
 
 from __future__ import annotations
@@ -50,25 +50,11 @@ def read_marker(root: Path) -> uuid.UUID | None:
 
 
 def ensure_marker(root: Path) -> uuid.UUID:
-    """The root's id, writing a new one (tmp, fsync, link: first writer wins) if it has none."""
+    """The root's id, writing a new one if it has none (operators and tests adopting a root)."""
     existing = read_marker(root)
     if existing is not None:
         return existing
-    new = uuid.uuid4()
-    final = marker_path(root)
-    tmp = final.with_name(f"{MARKER_NAME}.{os.getpid()}.{new.hex[:8]}.tmp")
-    with open(tmp, "w", encoding="ascii") as handle:
-        handle.write(f"{new}\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    try:
-        os.link(tmp, final)  # fails if another process wrote its marker first
-    except FileExistsError:
-        pass
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    fsync_dir(final.parent)
+    _create_marker(root, uuid.uuid4())
     found = read_marker(root)
     if found is None:
         raise StoreMismatchError(f"cannot read the storage marker {MARKER_NAME} just written")
@@ -97,12 +83,76 @@ def _mismatch(root: Path, marker: uuid.UUID | None, recorded: uuid.UUID) -> Stor
 
 
 async def check_for_writer(conn: AsyncConnection, root: Path) -> uuid.UUID:
-    """For code that stores files: claim the pair if unrecorded, else require a match."""
-    marker = ensure_marker(root)
-    recorded = await claim(conn, marker)
-    if recorded != marker:
+    """For code that stores files: require the recorded root, or record this one when the
+    database records none and the root is provably its own (see ``_may_claim``).
+
+    The claim is inserted before the marker is created (``link``: first one wins) and both
+    commit together with the caller's transaction, so a lost race changes nothing.
+    """
+    recorded = await recorded_id(conn)
+    marker = read_marker(root)
+    if recorded is not None:
+        if marker != recorded:
+            raise _mismatch(root, marker, recorded)
+        return recorded
+    await _may_claim(conn, root, marker)
+    store_id = marker or uuid.uuid4()
+    recorded = await claim(conn, store_id)
+    if recorded != store_id:  # another writer claimed meanwhile: check against theirs
         raise _mismatch(root, marker, recorded)
-    return marker
+    if marker is None and not _create_marker(root, store_id):
+        raise StoreMismatchError("another process wrote the storage marker at the same time; retry")
+    return store_id
+
+
+async def _may_claim(conn: AsyncConnection, root: Path, marker: uuid.UUID | None) -> None:
+    """An unrecorded database may take a root only where nothing of anyone's can be lost:
+    its live rows' files are there (a root of before 0.2, or our own half-finished claim), or
+    it has no live rows and the root has no marker of another database's and no stored files.
+    """
+    sample = await _live_keys_sample(conn)
+    if sample:
+        present = sum(1 for key in sample if (Path(root) / key).is_file())
+        if present * 2 < len(sample):
+            raise StoreMismatchError(
+                f"storage root {root} holds {present} of {len(sample)} sampled files of the "
+                "database's live rows: it is not this database's store; check MA_STORAGE_ROOT"
+            )
+        return
+    if marker is not None and _has_stored_files(root):
+        raise StoreMismatchError(
+            f"storage root {root} already belongs to another database (it has a storage "
+            "marker and stored files); give this database a store of its own"
+        )
+
+
+async def _live_keys_sample(conn: AsyncConnection, size: int = 20) -> list[str]:
+    keys: list[str] = []
+    for model in (MediaFile, Artifact):
+        rows = await conn.scalars(
+            select(model.storage_key).where(model.deleted_at.is_(None)).limit(size)
+        )
+        keys += list(rows)
+    return keys
+
+
+def _create_marker(root: Path, store_id: uuid.UUID) -> bool:
+    """Write the marker unless one exists (tmp, fsync, link); False when one did."""
+    final = marker_path(root)
+    tmp = final.with_name(f"{MARKER_NAME}.{os.getpid()}.{store_id.hex[:8]}.tmp")
+    with open(tmp, "w", encoding="ascii") as handle:
+        handle.write(f"{store_id}\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        return False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    fsync_dir(final.parent)
+    return True
 
 
 async def check_for_sweeper(conn: AsyncConnection, root: Path) -> uuid.UUID | None:

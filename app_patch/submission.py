@@ -38,11 +38,16 @@ from app_patch.repository import (
 from app_patch.resilience import DependencyUnavailableError
 from app_patch.schemas import JobOut, ResultIn
 from app_patch.service import HistoryService
-from app_patch.storage import StagedFile, Storage, in_thread, upload_key
+from app_patch.storage import (
+    StagedFile,
+    Storage,
+    StorageUnavailableError,
+    in_thread,
+    upload_key,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-CLAIM_WAIT_S = 5.0  # a key claimed by a concurrent deferral: wait this long for its entry
 
 
 class EmptyUploadError(ValueError):
@@ -121,7 +126,16 @@ class AnalysisService:
         """Raises ``EmptyUploadError`` (400), ``IdempotencyConflictError`` (409),
         ``UploadTooLargeError`` (413), ``StorageUnavailableError`` (507) and
         ``StoreMismatchError`` (507); never a database error."""
+        return await self.submit_streamed(chunks, lambda: request)
+
+    async def submit_streamed(
+        self, chunks: AsyncIterable[bytes], describe: Callable[[], Submission]
+    ) -> Submitted:
+        """``submit`` for a body whose fields may follow the file (a streamed multipart form):
+        ``describe`` builds the request once every chunk is staged; what it raises propagates,
+        and the staged file is removed as it does."""
         async with self.storage.stage(chunks) as staged:
+            request = describe()
             if staged.size_bytes == 0:
                 raise EmptyUploadError("empty file: nothing to analyse")
             fingerprint = request.fingerprint(staged.sha256)
@@ -217,33 +231,38 @@ class AnalysisService:
         return Submitted(job, Outcome.created if created else Outcome.existing)
 
     async def _defer(self, finished: FinishedJob, snapshot: MediaSnapshot) -> Submitted:
-        """Into the outbox (fsync'd) and the cache; a key is bound to this job first."""
+        """Into the outbox (fsync'd), then the key's claim, then the cache.
+
+        The entry is written before the key is claimed, so a claim always has its entry; a
+        request that loses the claim race withdraws its entry and answers the winner's job
+        (should the replayer have taken the loser's entry meanwhile, replay merges the two).
+        An unwritable outbox is a 507, never a 500.
+        """
         entry = OutboxEntry(finished, snapshot)
         key = finished.new.idempotency_key
-        if key is not None:
-            fingerprint = finished.new.request_fingerprint
-            claim = await in_thread(self.outbox.claim_key, key, entry.job_id, fingerprint)
-            if claim is not None:  # a concurrent request with this key was deferred first
-                if not same_request(claim.fingerprint, fingerprint):
-                    raise IdempotencyConflictError.reused()
-                other = await self._entry_of_claim(claim.job_id, wait_s=CLAIM_WAIT_S)
-                if other is not None:
-                    return Submitted(other.answer(), Outcome.deferred)
-                log.warning("outbox key claim without its entry; deferring without the claim")
-        await in_thread(self.outbox.append, entry)
+        try:
+            await in_thread(self.outbox.append, entry)
+            if key is not None:
+                fingerprint = finished.new.request_fingerprint
+                claim = await in_thread(self.outbox.claim_key, key, entry.job_id, fingerprint)
+                if claim is not None:  # a concurrent request with this key was deferred first
+                    await in_thread(self.outbox.withdraw, entry.job_id)
+                    if not same_request(claim.fingerprint, fingerprint):
+                        raise IdempotencyConflictError.reused()
+                    other = await in_thread(self.outbox.get, claim.job_id)
+                    if other is not None:
+                        return Submitted(other.answer(), Outcome.deferred)
+                    raise StorageUnavailableError("storage unavailable: outbox entry unreadable")
+        except OSError as exc:
+            await in_thread(self.outbox.withdraw, entry.job_id)
+            raise StorageUnavailableError.from_os(exc, "write the outbox") from exc
         job = entry.answer()
         await self.history.remember(job)
         return Submitted(job, Outcome.deferred)
 
-    async def _entry_of_claim(self, job_id: uuid.UUID, wait_s: float = 0.0) -> OutboxEntry | None:
-        """The pending entry a key claim points to (its writer may still be fsyncing it)."""
-        for _ in range(int(wait_s / 0.05) + 1):
-            entry = await in_thread(self.outbox.get, job_id)
-            if entry is not None:
-                return entry
-            if wait_s:
-                await asyncio.sleep(0.05)
-        return None
+    async def _entry_of_claim(self, job_id: uuid.UUID) -> OutboxEntry | None:
+        """The pending entry a key claim points to (None once replayed)."""
+        return await in_thread(self.outbox.get, job_id)
 
 
 def _content_type(finished: FinishedJob) -> str:

@@ -73,7 +73,8 @@ async def test_interleaved_sweeps_and_replays_never_leave_a_live_row_without_its
             key = upload_key(staged.sha256)
             await storage.place(staged, key)  # what the API keeps while PostgreSQL is down
             snapshot = repo.MediaSnapshot(staged.sha256, staged.size_bytes, "text/plain", key)
-        outbox.append(_finished(snapshot))
+        if rng.random() < 0.5:  # a deferred job names the file; otherwise a sweep may take it
+            outbox.append(_finished(snapshot))
         execute(clean_db, "UPDATE media_files SET expires_at = now() - interval '1 second'")
         lag = rng.uniform(0, 0.04)  # the replay starts before, during or after the sweep
 
@@ -87,6 +88,6 @@ async def test_interleaved_sweeps_and_replays_never_leave_a_live_row_without_its
         assert report.error_count == 0, report.errors
         assert _live_rows_without_file(clean_db, storage.root) == [], f"round {n}"
         assert outbox.failed_count() == 0
-    assert replayed == ROUNDS
+    assert replayed > ROUNDS // 4
     print(f"\n{ROUNDS} rounds: {replayed} replays, {swept} objects swept")
     assert swept > 0, "the sweeper really raced the replays"

@@ -67,6 +67,7 @@ def replayer(tmp_path: Path, sessions: async_sessionmaker[AsyncSession]) -> Outb
 
 
 def storage(tmp_path: Path) -> Storage:
+    (tmp_path / "storage").mkdir(exist_ok=True)
     return Storage(StorageSettings(root=tmp_path / "storage"))
 
 

@@ -34,7 +34,7 @@ from app_patch.settings import (
     Settings,
     StorageSettings,
 )
-from app_patch.store_identity import MARKER_NAME
+from app_patch.store_identity import MARKER_NAME, ensure_marker
 from tests.conftest import free_port, libpq
 
 T = TypeVar("T")
@@ -180,14 +180,23 @@ async def serve(app: FastAPI, settings: Settings) -> AsyncIterator[LiveApp]:
                 await task
 
 
+def _new_root(root: Path) -> uuid.UUID:
+    root.mkdir(parents=True, exist_ok=True)
+    return ensure_marker(root)
+
+
 @contextlib.asynccontextmanager
 async def running_app(settings: Settings) -> AsyncIterator[LiveApp]:
-    """The app on its own storage root; tests share databases, so a root that is new to the
-    database makes the database forget the previous test's root (a new deployment)."""
-    if settings.db.url is not None and not (Path(settings.storage.root) / MARKER_NAME).exists():
+    """The app on its own storage root. Tests share databases, so a root that is new to the
+    database is adopted the way an operator would: the database records it instead of the
+    previous test's root."""
+    root = Path(settings.storage.root)
+    if settings.db.url is not None and not (root / MARKER_NAME).exists():
+        store_id = await asyncio.to_thread(_new_root, root)
         url = settings.db.url.get_secret_value()
         async with await psycopg.AsyncConnection.connect(libpq(url), autocommit=True) as conn:
             await conn.execute("DELETE FROM store_identity")
+            await conn.execute("INSERT INTO store_identity (store_id) VALUES (%s)", (store_id,))
     async with serve(build_app(settings), settings) as live:
         yield live
 
