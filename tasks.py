@@ -3,8 +3,9 @@ infra/ and bench/; ``invoke --list`` shows them. Every task exits non-zero with 
 (or a check table) on failure.
 
 The main job is ``invoke up`` (stack up, migrated, verified). Passwords for the container
-stack come from ``MA_INFRA_POSTGRES_PASSWORD`` / ``MA_INFRA_REDIS_PASSWORD``; ``invoke
-secrets`` writes random ones to ``.data/stack.env``, which every task reads.
+stack come from ``MA_INFRA_<SECRET>`` variables (the list: ``infra.config.STACK_SECRETS``);
+``invoke secrets`` writes random ones to ``.data/stack.env``, which every task reads, and the
+files the containers read to ``.data/secrets/``.
 """
 
 from __future__ import annotations
@@ -37,15 +38,40 @@ def _log(line: str) -> None:
 
 @task
 def secrets(c: Context) -> None:
-    """Write random stack passwords to .data/stack.env (kept if it exists)."""
-    created = ensure_stack_env()
-    load_dotenv(STACK_ENV, override=False)
-    console.print(f"{'wrote' if created else 'kept'} {STACK_ENV}")
+    """Stack passwords to .data/stack.env (kept if set) and the containers' secret files.
+
+    The files go under .data/secrets/<service>/ (0400, owned by the user that reads each)."""
+    with one_line_errors(), tasks_infra.clear_errors():
+        added = ensure_stack_env()
+        load_dotenv(STACK_ENV, override=False)
+        written = tasks_infra.write_secret_files()
+    console.print(f"{'added ' + ', '.join(added) + ' to' if added else 'kept'} {STACK_ENV}")
+    console.print(f"secret files in {written}")
+
+
+@task(
+    name="db-roles",
+    help={
+        "admin_url_file": "file holding a superuser's postgresql:// URL "
+        "(default: the MA_INFRA_ADMIN_URL variable; never the URL itself)"
+    },
+)
+def db_roles(c: Context, admin_url_file: str = "") -> None:
+    """Create or update the database's owner and app roles, as a superuser (external mode).
+
+    A DBA's one-off step for a database this stack does not manage (a managed `invoke up`
+    does it itself). Safe to rerun: also how a rotated owner/app password reaches it."""
+    with one_line_errors():
+        config, admin = stack_ops.ensure_db_roles(admin_url_file or None)
+    console.print(
+        f"roles {config.postgres_owner_user} (owner) and {config.postgres_app_user} (app) "
+        f"ready in {config.postgres_db}, as {admin}"
+    )
 
 
 @task(help={"revision": "target revision (default: head)"})
 def migrate(c: Context, revision: str = "head") -> None:
-    """Upgrade the schema of MA_DB_URL, else of the running stack (safe from several hosts)."""
+    """Upgrade the schema as its owner: MA_DB_MIGRATION_URL, MA_DB_URL, or the running stack."""
     with one_line_errors():
         url = stack_ops.target_database_url()
         report_ = migrations.upgrade(url, revision)
@@ -85,6 +111,12 @@ def up(c: Context, engine: str = "", no_build: bool = False, no_verify: bool = F
         console.print(f"schema: {migration.from_revision or 'base'} -> {migration.to_revision}")
     if endpoints.api_url:
         console.print(f"API: {endpoints.api_url}")
+        if endpoints.engine != "embedded":  # container engines protect the API with a key
+            console.print(
+                "API key (every route but /health/*): send it as X-API-Key, e.g.\n"
+                "  curl -H \"X-API-Key: $(sed -n 's/^MA_INFRA_API_KEY=//p' .data/stack.env)\" "
+                f"{endpoints.api_url}/analyses"
+            )
     if not no_verify:
         _verify_or_exit(endpoints)
 
@@ -162,7 +194,7 @@ def bench(c: Context, quick: bool = False, only: str = "", out: str = "") -> Non
         raise Exit(f"error: {exc}", code=1) from None
 
 
-ns = Collection(secrets, migrate, db_status, up, down, verify, serve, test, bench)
+ns = Collection(secrets, db_roles, migrate, db_status, up, down, verify, serve, test, bench)
 for infra_task in tasks_infra.TASKS:
     if infra_task.name not in {"up", "down"}:  # ours wrap them with migrate + verify
         ns.add_task(infra_task)
@@ -207,7 +239,7 @@ def retention(c: Context, dry_run: bool = False, policy: str = "") -> None:
             else:
                 report = sweep.sweep_configured(
                     get_settings(),
-                    stack_ops.target_database_url(),
+                    stack_ops.target_app_database_url(),
                     dry_run=dry_run,
                     policies=policies,
                     on_progress=on_progress,

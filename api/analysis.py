@@ -2,11 +2,21 @@
 
 Each analysis type is a pure function of a stored file. A file that does not fit the
 requested type (an "image" analysis of an MP3) fails the job with a readable error.
+
+Uploaded bytes are hostile: Pillow, mutagen and filetype parse them, and their parsers raise
+more than their documented errors on crafted or truncated input (``SyntaxError``,
+``struct.error``, ``IndexError``, ``ValueError``...). Every library call is wrapped so that any
+``Exception`` becomes an ``AnalysisError`` naming only the exception type (never the server
+path or bytes), and ``run_analysis`` does the same for whatever slips through: a hostile file
+fails its job, it never answers 500. Numbers taken from a file are kept only when finite and
+in range, so a result always fits JSONB.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,11 +25,13 @@ from typing import Any
 
 import filetype
 import mutagen
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 ENGINE_NAME = "media-analysis-reference"
 ENGINE_VERSION = "1.0.0"
 Image.MAX_IMAGE_PIXELS = 64_000_000  # bigger is treated as a decompression bomb
+SNIFF_BYTES = 4096  # magic numbers and the text check need no more than the head
+_MAX_INT = 2**53  # beyond this a "sample rate" or "bitrate" is garbage (and not JSON-safe)
 
 
 class AnalysisError(Exception):
@@ -42,17 +54,39 @@ class AnalysisOutcome:
     engine_version: str = ENGINE_VERSION
 
 
+def _head(path: Path) -> bytes:
+    with path.open("rb") as file:
+        return file.read(SNIFF_BYTES)
+
+
 def sniff_content_type(path: Path) -> str:
-    """MIME type from the file's magic bytes (never from the client's claim)."""
-    kind = filetype.guess(str(path))
+    """MIME type from the file's first 4 KiB (never from the client's claim, never more)."""
+    head = _head(path)
+    try:
+        kind = filetype.guess(head)
+    except Exception as exc:
+        raise AnalysisError(f"content type not recognised ({type(exc).__name__})") from None
     if kind is not None:
         return str(kind.mime)
-    head = path.read_bytes()[:4096] if path.stat().st_size else b""
-    try:
-        head.decode("utf-8")
+    try:  # incremental: a multi-byte character cut at the 4 KiB mark is still text
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < SNIFF_BYTES)
     except UnicodeDecodeError:
         return "application/octet-stream"
     return "text/plain"
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return round(number, 3) if math.isfinite(number) else None
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 0 <= value <= _MAX_INT else None
 
 
 def _basic(facts: FileFacts) -> dict[str, Any]:
@@ -67,32 +101,36 @@ def _image_details(path: Path) -> dict[str, Any]:
     try:
         with Image.open(path) as img:
             return {
-                "width": img.width,
-                "height": img.height,
+                "width": _count(img.width),
+                "height": _count(img.height),
                 "format": img.format,
                 "mode": img.mode,
-                "frames": getattr(img, "n_frames", 1),
+                "frames": _count(getattr(img, "n_frames", 1)),
             }
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
-        # Pillow's message names the file's path on the server: keep it out of the job
+    except Exception as exc:  # UnidentifiedImageError, DecompressionBombError, OSError and
+        # whatever else a crafted file triggers; Pillow's message names the server path: omit it
         raise AnalysisError(f"not a readable image ({type(exc).__name__})") from None
 
 
 def _audio_details(path: Path) -> dict[str, Any]:
     try:
         audio = mutagen.File(str(path))
-    except mutagen.MutagenError as exc:
+    except Exception as exc:  # MutagenError and whatever else a crafted file triggers
         raise AnalysisError(f"not a readable audio file ({type(exc).__name__})") from None
     if audio is None or getattr(audio, "info", None) is None:
         raise AnalysisError("not a readable audio file: unknown container")
     info = audio.info
+    try:
+        mime = audio.mime
+    except Exception:
+        mime = None
     return {
         "codec": type(audio).__name__.lower(),
-        "mime": (audio.mime or [None])[0],
-        "duration_s": round(float(getattr(info, "length", 0.0)), 3),
-        "sample_rate": getattr(info, "sample_rate", None),
-        "channels": getattr(info, "channels", None),
-        "bitrate": getattr(info, "bitrate", None),
+        "mime": str(mime[0]) if isinstance(mime, list) and mime else None,
+        "duration_s": _finite(getattr(info, "length", 0.0)),
+        "sample_rate": _count(getattr(info, "sample_rate", None)),
+        "channels": _count(getattr(info, "channels", None)),
+        "bitrate": _count(getattr(info, "bitrate", None)),
     }
 
 
@@ -139,12 +177,19 @@ def _summary(result: dict[str, Any]) -> str:
 
 
 def run_analysis(analysis_type: str, facts: FileFacts) -> AnalysisOutcome:
-    """Blocking; call it in a worker thread. Raises AnalysisError when the file does not fit."""
+    """Blocking; call it in a worker thread. Raises AnalysisError when the file does not fit,
+    and for any other failure of the analysis (the last guard against hostile bytes)."""
     analyser = ANALYSERS[analysis_type]
     started = time.perf_counter()
-    result = analyser(facts)
+    try:
+        result = analyser(facts)
+        summary = _summary(result)
+    except AnalysisError:
+        raise
+    except Exception as exc:
+        raise AnalysisError(f"analysis failed ({type(exc).__name__})") from None
     return AnalysisOutcome(
         result=result,
-        summary=_summary(result),
+        summary=summary,
         duration_ms=(time.perf_counter() - started) * 1000,
     )

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import logging
 
-from app_patch.embedded import EmbeddedPostgres, EmbeddedRedis
+from app_patch.embedded import EmbeddedRedis
 from app_patch.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 def database_url(settings: Settings) -> str:
-    """The configured database URL, or the embedded PostgreSQL's (started if needed)."""
-    if settings.db.url is not None:
-        return settings.db.url.get_secret_value()
-    return EmbeddedPostgres(settings.data_dir / "pg").start()
+    """The application role's URL: configured, or the embedded PostgreSQL's app role."""
+    from app_patch.target import resolve_target
+
+    return resolve_target(settings).database_url
 
 
 def redis_url(settings: Settings, *, start_embedded: bool = False) -> str | None:

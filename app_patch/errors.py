@@ -24,6 +24,11 @@ def describe(exc: BaseException) -> str | None:
         return str(exc)
     if isinstance(exc, ArgumentError):
         return f"malformed database URL: {exc}"
+    if isinstance(getattr(exc, "orig", None), psycopg.errors.InsufficientPrivilege):
+        return (
+            "permission denied in the database: migrations need the schema owner's URL "
+            "(MA_DB_MIGRATION_URL), the API and retention the application role's (MA_DB_URL)"
+        )
     if isinstance(exc, OperationalError | DBAPIError):
         detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         return f"database unreachable: {detail}"

@@ -12,10 +12,12 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app_patch import health, routes
 from app_patch.access import AccessGuard
+from app_patch.ingest import MULTIPART_OVERHEAD_BYTES, UploadGate
 from app_patch.logs import configure_logging
 from app_patch.metrics import Metrics
 from app_patch.resilience import DependencyUnavailableError
@@ -28,7 +30,6 @@ from app_patch.submission import Analyser
 
 log = structlog.get_logger(__name__)
 REQUEST_ID_HEADER = "X-Request-ID"
-MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
 def install(
@@ -76,7 +77,7 @@ def install(
         metrics=settings.api.metrics_access,
         docs=settings.api.docs_access,
     )
-    _add_request_middleware(app, metrics, settings.storage.max_upload_bytes)
+    _add_request_middleware(app, metrics, settings)
 
 
 def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -166,5 +167,16 @@ class RequestContextMiddleware:
             structlog.contextvars.unbind_contextvars("request_id")
 
 
-def _add_request_middleware(app: FastAPI, metrics: Metrics, max_upload_bytes: int) -> None:
+def _add_request_middleware(app: FastAPI, metrics: Metrics, settings: Settings) -> None:
+    """Request context outermost; the upload gate innermost (appended, whatever the order of
+    ``add_middleware`` calls), so a request refused by access control never takes an upload
+    slot, and the gate's byte count sits right at the handler's ``receive``."""
+    app.user_middleware.append(
+        Middleware(
+            UploadGate,
+            max_upload_bytes=settings.storage.max_upload_bytes,
+            max_concurrent_uploads=settings.api.max_concurrent_uploads,
+        )
+    )
+    max_upload_bytes = settings.storage.max_upload_bytes
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_upload_bytes=max_upload_bytes)

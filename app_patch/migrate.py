@@ -1,4 +1,9 @@
-"""Alembic driven from code: upgrade with from -> to reporting, and schema status."""
+"""Alembic driven from code: upgrade with from -> to reporting, and schema status.
+
+Every function takes the URL to act on; without one it is the schema OWNER's
+(``app_patch.target.migration_url``: MA_DB_MIGRATION_URL, else MA_DB_URL, else the embedded
+server's owner role), because the application role may not create or alter tables.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,16 @@ from app_patch.settings import PROJECT_ROOT
 ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
 
 
-def alembic_config(url: str) -> Config:
+def default_url() -> str:
+    """The schema owner's URL from the settings (imported late: it may start pgserver)."""
+    from app_patch.settings import get_settings
+    from app_patch.target import migration_url
+
+    return migration_url(get_settings())
+
+
+def alembic_config(url: str | None = None) -> Config:
+    url = url or default_url()
     config = Config(str(ALEMBIC_INI))
     config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
     # ConfigParser interpolation: a literal % in a password must be doubled.
@@ -34,8 +48,8 @@ def _engine(url: str) -> Engine:
     return create_engine(_sync_url(url), pool_pre_ping=True, connect_args={"connect_timeout": 5})
 
 
-def current_revision(url: str) -> str | None:
-    engine = _engine(url)
+def current_revision(url: str | None = None) -> str | None:
+    engine = _engine(url or default_url())
     try:
         with engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
@@ -53,7 +67,7 @@ class UpgradeReport:
         return self.from_revision != self.to_revision
 
 
-def upgrade(url: str, revision: str = "head") -> UpgradeReport:
+def upgrade(url: str | None = None, revision: str = "head") -> UpgradeReport:
     """Migrate to ``revision``; env.py serialises concurrent runs with an advisory lock and
     records the revisions it saw while holding it."""
     config = alembic_config(url)
@@ -61,7 +75,7 @@ def upgrade(url: str, revision: str = "head") -> UpgradeReport:
     return _report(config)
 
 
-def downgrade(url: str, revision: str) -> UpgradeReport:
+def downgrade(url: str | None, revision: str) -> UpgradeReport:
     config = alembic_config(url)
     command.downgrade(config, revision)
     return _report(config)
@@ -85,7 +99,8 @@ class SchemaStatus:
         return self.current == self.head
 
 
-def status(url: str) -> SchemaStatus:
+def status(url: str | None = None) -> SchemaStatus:
+    url = url or default_url()
     script = ScriptDirectory.from_config(alembic_config(url))
     head = script.get_current_head()
     engine = _engine(url)

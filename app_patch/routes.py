@@ -3,40 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
-from collections.abc import AsyncIterator
+from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import (
-    APIRouter,
-    File,
-    Form,
-    Header,
-    HTTPException,
-    Path,
-    Query,
-    Request,
-    Response,
-    UploadFile,
-)
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import AfterValidator, BaseModel
+from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
+from app_patch import ingest
 from app_patch.media import MediaNotFoundError, OpenedFile
 from app_patch.models import JobStatus
 from app_patch.repository import IdempotencyConflictError
 from app_patch.resilience import DependencyUnavailableError
 from app_patch.runtime import Runtime
 from app_patch.schemas import HistoryFilter, HistoryPage, JobOut, MediaOut
-from app_patch.submission import EmptyUploadError, Outcome, Submission
+from app_patch.submission import EmptyUploadError, Outcome
 
 router = APIRouter()
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
-RETRY_AFTER_S = "5"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+RETRY_AFTER_S = ingest.RETRY_AFTER_S
 
 
 class ErrorBody(BaseModel):
@@ -61,22 +50,6 @@ def unavailable(what: str) -> HTTPException:
     )
 
 
-async def _chunks(upload: UploadFile, size: int) -> AsyncIterator[bytes]:
-    while chunk := await upload.read(size):
-        yield chunk
-
-
-def _no_control_characters(value: str | None) -> str | None:
-    if value is not None and _CONTROL.search(value):
-        raise ValueError("must not contain control characters")
-    return value
-
-
-ClientRef = Annotated[
-    str | None,
-    Form(max_length=255, description="your reference (printable text)"),
-    AfterValidator(_no_control_characters),
-]
 OUTCOME_STATUS = {Outcome.created: 201, Outcome.existing: 200, Outcome.deferred: 202}
 
 
@@ -91,31 +64,33 @@ OUTCOME_STATUS = {Outcome.created: 201, Outcome.existing: 200, Outcome.deferred:
         **ERRORS,
     },
     summary="Upload a file and analyse it",
+    openapi_extra=ingest.openapi_upload_body(),
 )
 async def create_analysis(
     request: Request,
     response: Response,
-    file: Annotated[UploadFile, File(description="the media file")],
-    analysis_type: Annotated[str, Form(description="auto, basic, image or audio")] = "auto",
-    client_ref: ClientRef = None,
     idempotency_key: Annotated[
         str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
     ] = None,
 ) -> JobOut:
+    """The multipart body is parsed here as it streams (``app_patch.ingest``), never spooled:
+    the form is declared in ``openapi_extra`` for the schema, and FastAPI reads no body."""
     rt = runtime_of(request)
-    if analysis_type not in rt.analysis_types:
-        raise HTTPException(
-            422, f"unsupported analysis_type; allowed: {', '.join(rt.analysis_types)}"
-        )
-    submission = Submission(
-        analysis_type=analysis_type,
-        client_ref=client_ref,
-        idempotency_key=idempotency_key,
-        original_name=file.filename,
-    )
-    chunks = _chunks(file, rt.settings.storage.chunk_bytes)
     try:
-        submitted = await rt.submissions.submit(submission, chunks)
+        form = ingest.StreamedForm(request.headers.get("content-type", ""), rt.analysis_types)
+        await ingest.ensure_free_space(
+            rt.storage,
+            rt.settings.storage.min_free_bytes,
+            ingest.declared_length(request.headers.get("content-length")),
+        )
+        async with aclosing(form.file_chunks(request.stream())) as chunks:
+            submitted = await rt.submissions.submit_streamed(
+                chunks, lambda: form.submission(idempotency_key)
+            )
+    except ingest.UploadRefusedError as exc:
+        raise HTTPException(exc.status, exc.detail) from None
+    except ClientDisconnect:  # nobody reads the answer; the staged file is already gone
+        raise HTTPException(400, "the client went away before the upload ended") from None
     except EmptyUploadError as exc:
         raise HTTPException(400, str(exc)) from None
     except IdempotencyConflictError as exc:

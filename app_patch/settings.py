@@ -11,11 +11,42 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = PROJECT_ROOT / ".data"
+
+
+def _read_secret_file(path: Path) -> str:
+    """The content of a mounted secret (``*_FILE``), surrounding whitespace stripped.
+
+    Containers mount secrets as files so URLs with passwords stay out of the environment
+    (``docker inspect``, ``/proc/<pid>/environ``). Errors name the path, never the content.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise ValueError(f"cannot read {path}: {reason}") from None
+    value = text.strip()
+    if not value:
+        raise ValueError(f"{path} is empty")
+    return value
+
+
+def _secret_from_file(current: SecretStr | None, path: Path | None) -> SecretStr | None:
+    """``current`` when set (the plain variable wins), else the file's content, if any."""
+    if current is not None or path is None:
+        return current
+    return SecretStr(_read_secret_file(path))
 
 
 class DatabaseSettings(BaseSettings):
@@ -26,7 +57,18 @@ class DatabaseSettings(BaseSettings):
     url: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("MA_DB_URL", "DATABASE_URL"),
-        description="postgresql+psycopg:// URL; unset starts the embedded PostgreSQL",
+        description="application role's postgresql+psycopg:// URL; unset starts the embedded "
+        "PostgreSQL",
+    )
+    url_file: Path | None = Field(
+        default=None, description="file holding MA_DB_URL (a mounted secret), read if that is unset"
+    )
+    migration_url: SecretStr | None = Field(
+        default=None,
+        description="schema owner's URL, used by migrations only; unset: MA_DB_URL",
+    )
+    migration_url_file: Path | None = Field(
+        default=None, description="file holding MA_DB_MIGRATION_URL, read if that is unset"
     )
     pool_size: int = Field(default=20, ge=1, description="connections kept open")
     max_overflow: int = Field(default=30, ge=0, description="extra connections under load")
@@ -41,6 +83,21 @@ class DatabaseSettings(BaseSettings):
     def _cap_total_connections(self) -> DatabaseSettings:
         if self.pool_size + self.max_overflow > 500:
             raise ValueError("MA_DB_POOL_SIZE + MA_DB_MAX_OVERFLOW must stay <= 500")
+        return self
+
+    @field_validator("url_file", "migration_url_file")
+    @classmethod
+    def _readable_when_used(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        """Fail here, so the error names ``MA_DB_*_FILE``; only when its variable is unset."""
+        plain = str(info.field_name).removesuffix("_file")
+        if value is not None and info.data.get(plain) is None:
+            _read_secret_file(value)
+        return value
+
+    @model_validator(mode="after")
+    def _urls_from_files(self) -> DatabaseSettings:
+        self.url = _secret_from_file(self.url, self.url_file)
+        self.migration_url = _secret_from_file(self.migration_url, self.migration_url_file)
         return self
 
     @property
@@ -58,6 +115,10 @@ class RedisSettings(BaseSettings):
         validation_alias=AliasChoices("MA_REDIS_URL", "REDIS_URL"),
         description="redis:// or rediss:// URL; unset disables the cache",
     )
+    url_file: Path | None = Field(
+        default=None,
+        description="file holding MA_REDIS_URL (a mounted secret), read if that is unset",
+    )
     password: SecretStr | None = Field(default=None, description="overrides the URL's password")
     tls: bool = Field(default=False, description="use TLS (rediss) even for a redis:// URL")
     socket_timeout_s: float = Field(default=0.25, gt=0, description="per-command timeout")
@@ -66,6 +127,19 @@ class RedisSettings(BaseSettings):
         default=0.5, gt=0, description="hard cap on one cache call, connecting included"
     )
     max_connections: int = Field(default=100, ge=1, description="client pool size")
+
+    @field_validator("url_file")
+    @classmethod
+    def _readable_when_used(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        """Fail here, so the error names ``MA_REDIS_URL_FILE``; only when MA_REDIS_URL is unset."""
+        if value is not None and info.data.get("url") is None:
+            _read_secret_file(value)
+        return value
+
+    @model_validator(mode="after")
+    def _url_from_file(self) -> RedisSettings:
+        self.url = _secret_from_file(self.url, self.url_file)
+        return self
 
 
 class CacheSettings(BaseSettings):
@@ -93,6 +167,9 @@ class StorageSettings(BaseSettings):
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1, description="413 above this")
     chunk_bytes: int = Field(default=1024 * 1024, ge=4096, description="streaming chunk size")
     usage_cache_s: float = Field(default=5, ge=0, description="reuse usage figures this long")
+    min_free_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=0, description="507 for uploads when less is free (0: off)"
+    )
 
 
 class RetentionSettings(BaseSettings):
@@ -135,6 +212,9 @@ class ApiSettings(BaseSettings):
     log_json: bool = Field(default=False, description="JSON logs (containers) vs console")
     log_level: str = Field(default="INFO", description="root log level")
     history_page_max: int = Field(default=200, ge=1, description="largest accepted limit")
+    max_concurrent_uploads: int = Field(
+        default=128, ge=1, description="uploads in flight per process; more: 503 + Retry-After"
+    )
     keys: SecretStr | None = Field(
         default=None, description="SHA-256 digests of the API keys, comma-separated; unset: open"
     )

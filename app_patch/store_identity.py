@@ -31,6 +31,7 @@ from app_patch.models import Artifact, MediaFile, StoreIdentity
 from app_patch.storage import ARTIFACTS, UPLOADS, fsync_dir
 
 MARKER_NAME = ".store-id"
+_CLAIM_LOCK = 0x6D61_7374  # "mast": media-analysis store claim (advisory lock id)
 
 
 class StoreMismatchError(OperatorError):
@@ -91,6 +92,10 @@ async def check_for_writer(conn: AsyncConnection, root: Path) -> uuid.UUID:
     """
     recorded = await recorded_id(conn)
     marker = read_marker(root)
+    if recorded is None:  # claim under a lock: concurrent first writers see one outcome
+        await conn.execute(select(func.pg_advisory_xact_lock(_CLAIM_LOCK)))
+        recorded = await recorded_id(conn)
+        marker = read_marker(root)
     if recorded is not None:
         if marker != recorded:
             raise _mismatch(root, marker, recorded)

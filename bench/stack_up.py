@@ -102,9 +102,11 @@ def phases(stdout: str) -> dict[str, float]:
 
 
 def probe_env() -> dict[str, str]:
+    from infra.config import STACK_SECRETS, env_key
+
     env = dict(os.environ)
-    env.setdefault("MA_INFRA_POSTGRES_PASSWORD", f"bench-{secrets.token_hex(8)}")
-    env.setdefault("MA_INFRA_REDIS_PASSWORD", f"bench-{secrets.token_hex(8)}")
+    for secret in STACK_SECRETS:  # the stack's one list of passwords
+        env.setdefault(env_key(secret.name), f"bench-{secrets.token_hex(8)}")
     env["MA_INFRA_API_HOST_IP"] = "127.0.0.1"
     env["MA_INFRA_API_HOST_PORT"] = str(free_port())
     return env
@@ -178,7 +180,7 @@ def run(env: BenchEnv, quick: bool) -> BenchResult:
     labels = {
         "build_s": "  phase: images (no-build: checks only)",
         "start_servers_healthy_s": "  phase: compose up -> PG + Redis healthy",
-        "migrate_api_healthy_s": "  phase: alembic in container -> API healthy",
+        "migrate_api_healthy_s": "  phase: alembic from the host (owner) -> API healthy",
     }
     for key, label in labels.items():
         if key in phase_samples:

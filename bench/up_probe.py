@@ -1,9 +1,10 @@
 """``invoke up`` / ``invoke down`` for the benchmark, without touching the project's state.
 
 Runs the library call the ``up`` task runs (``infra.engine.up(engine="compose", ...)``) in
-its own process, with two redirections so that nothing outside the benchmark's scratch dir
-changes: the engine's state file (normally ``.data/infra-stack.json``) and the rendered
-compose file (normally ``infra/rendered/compose.yml``). Configuration and passwords come
+its own process, with three redirections so that nothing outside the benchmark's scratch dir
+changes: the engine's state file (normally ``.data/infra-stack.json``), the rendered
+compose file (normally ``infra/rendered/compose.yml``) and the containers' secret files
+(normally ``.data/secrets/``). Configuration and passwords come
 from the ``MA_INFRA_*`` environment, exactly as for ``invoke up``. Each log line of the engine
 is printed with the seconds since start, so the caller can split the time into phases; the
 last line is a JSON object.
@@ -29,12 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--down", action="store_true")
     args = parser.parse_args(argv)
     started = time.monotonic()
+    scratch = Path(args.scratch)
+    # The containers' secret files too (read when infra.secrets_file is imported).
+    os.environ["MA_INFRA_SECRETS_DIR"] = str(scratch / "secrets")
 
     from infra import compose_engine
     from infra import engine as stack_engine
     from infra.config import config_from_env
 
-    scratch = Path(args.scratch)
     scratch.mkdir(parents=True, exist_ok=True)
     stack_engine.STATE_FILE = scratch / "infra-stack.json"
     rendered = scratch / "compose.yml"

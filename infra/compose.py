@@ -1,9 +1,11 @@
 """Render a :class:`~infra.spec.Stack` as a compose file (Compose Specification format).
 
 The output is accepted by ``docker-compose`` 1.29 (Debian bookworm) and by ``docker compose``
-v2. Secret env values are never written: each becomes ``${MA_SECRET_<SERVICE>_<VAR>:?...}``
-and :func:`secret_environment` computes the values to pass in the environment of the compose
-process. Literal ``$`` in plain values is escaped as ``$$`` so compose does not interpolate it.
+v2. Secret values are never written to it, nor passed through env: each service's
+:class:`~infra.spec.SecretFile` is a top-level file-based ``secrets:`` entry (its host file
+under ``.data/secrets``, written by ``infra.secrets_file``), mounted read-only at
+``/run/secrets/<name>`` (outside swarm, both compose versions bind-mount the file).
+Literal ``$`` in plain values is escaped as ``$$`` so compose does not interpolate it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from infra import secrets_file
+from infra.secrets_file import host_path
 from infra.spec import Healthcheck, Service, Stack
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -23,28 +27,22 @@ DEFAULT_PATH = REPO_ROOT / "infra" / "rendered" / "compose.yml"
 
 HEADER = """\
 # Rendered by infra/compose.py from infra/stack.py -- do not edit, re-render instead
-# (`invoke compose`). Secret values are not in this file: run it through `invoke up`,
-# or export the MA_SECRET_* variables it references before `docker-compose up`.
+# (`invoke compose`). No secret is in this file: the `secrets:` files it mounts are written
+# by `invoke secrets` / `invoke up` (mode 0400, owned by the container user that reads them).
 """
 
 
-def secret_variable(service: str, env_name: str) -> str:
-    """Name of the compose variable carrying one secret env value."""
-    return "MA_SECRET_" + re.sub(r"[^A-Z0-9]", "_", f"{service}_{env_name}".upper())
+def secret_key(service: str, file_name: str) -> str:
+    """The top-level ``secrets:`` key of one service's secret file."""
+    return re.sub(r"[^a-z0-9_]", "_", f"{service}_{file_name}".lower())
 
 
-def secret_environment(spec: Stack, secrets: Mapping[str, str]) -> dict[str, str]:
-    """The variables (name -> value) the rendered file needs at ``up`` time."""
-    return {
-        secret_variable(service.name, key): value.resolve(secrets)
-        for service in spec.services
-        for key, value in service.secret_env.items()
-    }
-
-
-def render(spec: Stack, base_dir: Path = REPO_ROOT) -> dict[str, Any]:
-    """The compose document; build contexts are made relative to ``base_dir``
-    (the directory the file will be written to)."""
+def render(
+    spec: Stack, base_dir: Path = REPO_ROOT, secrets_root: Path | None = None
+) -> dict[str, Any]:
+    """The compose document; build contexts and secret files are made relative to
+    ``base_dir`` (the directory the file will be written to)."""
+    root = secrets_root or secrets_file.SECRETS_ROOT
     document: dict[str, Any] = {
         "services": {service.name: _service(service, base_dir) for service in spec.services},
         "networks": {
@@ -60,6 +58,15 @@ def render(spec: Stack, base_dir: Path = REPO_ROOT) -> dict[str, Any]:
             for network in spec.networks
         },
     }
+    secret_files = {
+        secret_key(service.name, f.name): {
+            "file": _relative(host_path(service.name, f, root), base_dir)
+        }
+        for service in spec.services
+        for f in service.secret_files
+    }
+    if secret_files:
+        document["secrets"] = secret_files
     if spec.volumes:
         document["volumes"] = {
             volume.name: (
@@ -76,14 +83,19 @@ def dump(document: Mapping[str, Any]) -> str:
     return HEADER + yaml.safe_dump(dict(document), sort_keys=False, width=1000)
 
 
-def write(spec: Stack, path: Path = DEFAULT_PATH) -> Path:
+def write(spec: Stack, path: Path = DEFAULT_PATH, secrets_root: Path | None = None) -> Path:
     """Render ``spec`` to ``path`` (directories created); returns the path."""
     path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(dump(render(spec, base_dir=path.parent)), encoding="utf-8")
+    document = render(spec, base_dir=path.parent, secrets_root=secrets_root)
+    tmp.write_text(dump(document), encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def _relative(path: Path, base_dir: Path) -> str:
+    return Path(os.path.relpath(path.resolve(), base_dir.resolve())).as_posix()
 
 
 def _service(service: Service, base_dir: Path) -> dict[str, Any]:
@@ -97,12 +109,13 @@ def _service(service: Service, base_dir: Path) -> dict[str, Any]:
         }
     if service.command is not None:
         rendered["command"] = [_escape(part) for part in service.command]
-    environment = {key: _escape(value) for key, value in service.env.items()}
-    for key in service.secret_env:
-        variable = secret_variable(service.name, key)
-        environment[key] = f"${{{variable}:?{variable} must be set (use invoke up)}}"
-    if environment:
-        rendered["environment"] = environment
+    if service.env:
+        rendered["environment"] = {key: _escape(value) for key, value in service.env.items()}
+    if service.secret_files:
+        rendered["secrets"] = [
+            {"source": secret_key(service.name, f.name), "target": f.name}
+            for f in service.secret_files
+        ]
     rendered["networks"] = {
         attachment.network: {"aliases": list(attachment.aliases)} for attachment in service.networks
     }
@@ -130,6 +143,18 @@ def _service(service: Service, base_dir: Path) -> dict[str, Any]:
         rendered["mem_limit"] = f"{service.limits.memory_mb}m"
     if service.limits.cpus is not None:
         rendered["cpus"] = service.limits.cpus
+    if service.limits.pids is not None:
+        rendered["pids_limit"] = service.limits.pids
+    hardening = service.hardening
+    if hardening.read_only:
+        rendered["read_only"] = True
+    if hardening.tmpfs:
+        rendered["tmpfs"] = [f"{path}:{options}" for path, options in hardening.tmpfs.items()]
+    rendered["cap_drop"] = list(hardening.cap_drop)
+    if hardening.cap_add:
+        rendered["cap_add"] = list(hardening.cap_add)
+    if hardening.security_opt:
+        rendered["security_opt"] = list(hardening.security_opt)
     if service.labels:
         rendered["labels"] = {key: _escape(value) for key, value in service.labels.items()}
     return rendered

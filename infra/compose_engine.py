@@ -1,8 +1,8 @@
 """Run the rendered compose file on the local engine with whichever compose CLI exists.
 
 ``docker compose`` (v2 plugin) is preferred; Debian bookworm only packages the v1 Python tool
-``docker-compose`` 1.29, which reads the same file. Secret values reach the CLI through its
-environment only (see :func:`infra.compose.secret_environment`).
+``docker-compose`` 1.29, which reads the same file. No secret reaches the CLI: the file mounts
+the secret files ``infra.secrets_file`` wrote (``up`` writes them first).
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
 
-from infra import compose
+from docker.errors import NotFound
+
+from infra import compose, docker_host, secrets_file
 from infra.spec import Stack
 
 RENDERED_PATH = compose.DEFAULT_PATH
@@ -47,18 +49,15 @@ def compose_command() -> tuple[str, ...] | None:
 def run(
     spec: Stack,
     args: list[str],
-    secrets: Mapping[str, str] | None,
     path: Path = RENDERED_PATH,
     timeout_s: float = 600,
     log: Callable[[str], None] = lambda line: None,
 ) -> str:
-    """``<compose> -p <project> -f <path> <args>``; ``secrets=None`` passes placeholders
-    (enough for commands such as ``down`` that do not create containers)."""
+    """``<compose> -p <project> -f <path> <args>``."""
     command = compose_command()
     if command is None:
         raise ComposeError("no compose CLI: install docker-compose (apt) or the compose plugin")
-    values = secrets if secrets is not None else _placeholders(spec)
-    env = {**os.environ, **compose.secret_environment(spec, values)}
+    env = dict(os.environ)
     full = [*command, "-p", spec.project, "-f", str(path), *args]
     log(" ".join(full))
     try:
@@ -73,9 +72,9 @@ def run(
     return output
 
 
-def validate(spec: Stack, secrets: Mapping[str, str] | None, path: Path = RENDERED_PATH) -> None:
+def validate(spec: Stack, path: Path = RENDERED_PATH) -> None:
     """``config -q``: the CLI accepts the rendered file."""
-    run(spec, ["config", "-q"], secrets, path)
+    run(spec, ["config", "-q"], path)
 
 
 def up(
@@ -83,12 +82,31 @@ def up(
     secrets: Mapping[str, str],
     path: Path = RENDERED_PATH,
     log: Callable[[str], None] = lambda line: None,
+    secrets_root: Path | None = None,
 ) -> Path:
-    """Render ``spec`` to ``path`` and start it (images must exist: no build, no pull)."""
-    compose.write(spec, path)
-    validate(spec, secrets, path)
-    run(spec, ["up", "-d", "--no-build", "--remove-orphans"], secrets, path, log=log)
+    """Write the secret files, render ``spec`` to ``path`` and start it (images must exist:
+    no build, no pull). Services whose secret files changed (a rotated password) are
+    recreated even when nothing else changed: compose does not see file contents, and each
+    service reads its files only at start."""
+    changed = secrets_file.write_secret_files(spec, secrets, secrets_root)
+    before = {name: _container_id(name) for name in changed}
+    compose.write(spec, path, secrets_root)
+    validate(spec, path)
+    run(spec, ["up", "-d", "--no-build", "--remove-orphans"], path, log=log)
+    # Recreated by that `up` (new config) or created now: they read the new files already.
+    stale = [name for name, old in before.items() if old and _container_id(name) == old]
+    if stale:
+        log(f"secret files changed: recreating {', '.join(stale)}")
+        args = ["up", "-d", "--no-build", "--no-deps", "--force-recreate", *stale]
+        run(spec, args, path, log=log)
     return path
+
+
+def _container_id(name: str) -> str | None:
+    try:
+        return str(docker_host.inspect(name)["Id"])
+    except NotFound:
+        return None
 
 
 def down(
@@ -103,8 +121,4 @@ def down(
     args = ["down", "--remove-orphans", "--timeout", "20"]
     if remove_volumes:
         args.append("--volumes")
-    run(spec, args, None, path, log=log)
-
-
-def _placeholders(spec: Stack) -> dict[str, str]:
-    return {secret.name: "unused" for secret in spec.secrets}
+    run(spec, args, path, log=log)

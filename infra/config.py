@@ -5,9 +5,10 @@ Every field of :class:`StackConfig` is a setting with the same meaning everywher
 * Pulumi stack config, key = camelCase field name (``pulumi config set apiHostPort 8080``);
 * environment, for ``invoke up`` = ``MA_INFRA_`` + upper-case field (``MA_INFRA_API_HOST_PORT``).
 
-Passwords are not fields: they are secrets (``postgresPassword`` / ``redisPassword`` in Pulumi,
-set with ``--secret``; ``MA_INFRA_POSTGRES_PASSWORD`` / ``MA_INFRA_REDIS_PASSWORD`` in the
-environment). Any bad or missing value raises :class:`ConfigError` naming the setting.
+Passwords are not fields: they are the secrets of :data:`STACK_SECRETS` (the one list: Pulumi
+key = its ``setting``, set with ``--secret``; env = ``MA_INFRA_`` + upper-case name, e.g.
+``MA_INFRA_POSTGRES_APP_PASSWORD``). Any bad or missing value raises :class:`ConfigError`
+naming the setting.
 """
 
 from __future__ import annotations
@@ -15,18 +16,59 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Literal, get_args
+
+from infra.spec import Secret
 
 Mode = Literal["managed", "external"]
 ENV_PREFIX = "MA_INFRA_"
-SECRET_NAMES = {
-    "postgres_password": "the password of the PostgreSQL user",
-    "redis_password": "the password Redis requires",
-}
+DATA_DIR = Path(__file__).resolve().parent.parent / ".data"
+"""Local state of the tasks (stack record, passwords, compose's secret files)."""
+
+STACK_SECRETS: tuple[Secret, ...] = (
+    Secret(
+        "postgres_password",
+        "postgresPassword",
+        "the PostgreSQL bootstrap superuser's password (initdb, role upkeep)",
+        managed_only=True,
+    ),
+    Secret(
+        "postgres_owner_password",
+        "postgresOwnerPassword",
+        "the password of the role that owns the schema (migrations)",
+    ),
+    Secret(
+        "postgres_app_password",
+        "postgresAppPassword",
+        "the password of the API's role (DML only)",
+    ),
+    Secret(
+        "redis_password",
+        "redisPassword",
+        "the Redis admin user's password (healthcheck, operators)",
+        managed_only=True,
+    ),
+    Secret(
+        "redis_app_password",
+        "redisAppPassword",
+        "the password of the API's Redis user (cache commands on ma:v1:* only)",
+    ),
+    Secret(
+        "api_key",
+        "apiKey",
+        "the key clients send as X-API-Key (the API holds only its SHA-256 digest)",
+    ),
+)
+"""Every password the stack knows, once. Managed-only ones belong to servers the stack creates;
+external mode (the servers exist) needs only the API's and the migration owner's."""
 
 _DOCKER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _IDENTIFIER = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$")
+_REDIS_USER = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+# uvicorn's --forwarded-allow-ips list: addresses or networks; "*" (trust anyone) is refused.
+_FORWARDED = re.compile(r"^[0-9a-fA-F.:/]+(,[0-9a-fA-F.:/]+)*$")
 
 
 class ConfigError(ValueError):
@@ -49,7 +91,11 @@ class StackConfig:
     api_name: str = "media-analysis-api"
     postgres_user: str = "media"
     postgres_db: str = "media_analysis"
+    postgres_owner_user: str = "media_owner"
+    postgres_app_user: str = "media_app"
     redis_db: int = 0
+    redis_app_user: str = "media-app"
+    redis_admin_user: str = "ma-admin"
     postgres_image: str = "media-analysis-kit/postgres:15-bookworm"
     redis_image: str = "media-analysis-kit/redis:7-bookworm"
     api_image: str = "media-analysis-kit/api:latest"
@@ -62,7 +108,12 @@ class StackConfig:
     api_cpus: float = 1.0
     postgres_memory_mb: int = 1024
     redis_memory_mb: int = 256
+    redis_maxmemory_percent: int = 75
+    api_pids_limit: int = 512
+    postgres_pids_limit: int = 512
+    redis_pids_limit: int = 128
     api_log_json: bool = True
+    forwarded_allow_ips: str = "127.0.0.1"
 
     def validate(self, key_of: Callable[[str], str] = lambda name: name) -> StackConfig:
         """Raise :class:`ConfigError` (named with ``key_of(field)``) on the first bad value."""
@@ -70,8 +121,25 @@ class StackConfig:
             raise ConfigError(key_of("mode"), f"must be 'managed' or 'external', not {self.mode!r}")
         for name in ("network_name", "postgres_host", "redis_host", "api_name"):
             _check(key_of(name), getattr(self, name), _DOCKER_NAME, "a Docker object name")
-        for name in ("postgres_user", "postgres_db"):
+        for name in ("postgres_user", "postgres_db", "postgres_owner_user", "postgres_app_user"):
             _check(key_of(name), getattr(self, name), _IDENTIFIER, "a plain SQL identifier")
+        if len({self.postgres_user, self.postgres_owner_user, self.postgres_app_user}) != 3:
+            raise ConfigError(key_of("postgres_app_user"), "the three PostgreSQL roles must differ")
+        for name in ("redis_app_user", "redis_admin_user"):
+            _check(key_of(name), getattr(self, name), _REDIS_USER, "a Redis user name")
+        if self.redis_app_user == self.redis_admin_user or "default" in {
+            self.redis_app_user,
+            self.redis_admin_user,
+        }:
+            raise ConfigError(
+                key_of("redis_app_user"), "the Redis users must differ and not be 'default'"
+            )
+        _check(
+            key_of("forwarded_allow_ips"),
+            self.forwarded_allow_ips,
+            _FORWARDED,
+            "comma-separated IP addresses or networks (no '*')",
+        )
         for name in ("postgres_image", "redis_image", "api_image", "base_image"):
             _check(key_of(name), getattr(self, name), _IMAGE, "an image reference")
         _in_range(key_of("api_host_port"), self.api_host_port, 1, 65535)
@@ -79,6 +147,9 @@ class StackConfig:
         _in_range(key_of("redis_db"), self.redis_db, 0, 15)
         for name in ("api_memory_mb", "postgres_memory_mb", "redis_memory_mb"):
             _in_range(key_of(name), getattr(self, name), 64, 1 << 20)
+        _in_range(key_of("redis_maxmemory_percent"), self.redis_maxmemory_percent, 10, 90)
+        for name in ("api_pids_limit", "postgres_pids_limit", "redis_pids_limit"):
+            _in_range(key_of(name), getattr(self, name), 32, 1 << 16)
         if not 0 < self.api_cpus <= 64:
             raise ConfigError(key_of("api_cpus"), f"must be in (0, 64], not {self.api_cpus}")
         if len({self.postgres_host, self.redis_host, self.api_name}) != 3:
@@ -113,22 +184,32 @@ def config_from_env(environ: Mapping[str, str]) -> StackConfig:
     return config_from_source(environ.get, env_key)
 
 
+def secrets_for(mode: Mode) -> tuple[Secret, ...]:
+    """The secrets a stack in ``mode`` needs (external: not those of the shared servers)."""
+    return tuple(s for s in STACK_SECRETS if mode == "managed" or not s.managed_only)
+
+
 def secrets_from_source(
-    get: Callable[[str], str | None], key_of: Callable[[str], str]
+    get: Callable[[str], str | None],
+    key_of: Callable[[str], str],
+    wanted: tuple[Secret, ...] = STACK_SECRETS,
 ) -> dict[str, str]:
-    """Both passwords; a missing or blank one is a :class:`ConfigError` naming it."""
+    """The ``wanted`` passwords by name; a missing or blank one is a :class:`ConfigError`
+    naming its setting."""
     secrets: dict[str, str] = {}
-    for name, meaning in SECRET_NAMES.items():
-        key = key_of(name)
+    for secret in wanted:
+        key = key_of(secret.name)
         value = get(key)
         if value is None or not value.strip():
-            raise ConfigError(key, f"is required ({meaning}) and is not set")
-        secrets[name] = value
+            raise ConfigError(key, f"is required ({secret.description}) and is not set")
+        secrets[secret.name] = value
     return secrets
 
 
-def secrets_from_env(environ: Mapping[str, str]) -> dict[str, str]:
-    return secrets_from_source(environ.get, env_key)
+def secrets_from_env(
+    environ: Mapping[str, str], wanted: tuple[Secret, ...] = STACK_SECRETS
+) -> dict[str, str]:
+    return secrets_from_source(environ.get, env_key, wanted)
 
 
 def _parse(key: str, raw: str, default: object) -> object:

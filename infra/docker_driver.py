@@ -1,8 +1,10 @@
 """Apply a :class:`~infra.spec.Stack` straight through the Docker API (docker-py).
 
 The fallback runner when no compose CLI is installed: same names, labels, networks and
-aliases, volumes, healthchecks, limits and ports as the rendered compose file, and the same
-``depends_on`` semantics (wait for health before starting a dependant).
+aliases, volumes, secret files (read-only bind mounts of the files ``infra.secrets_file``
+writes, as compose mounts them), hardening, healthchecks, limits and ports as the rendered
+compose file, and the same ``depends_on`` semantics (wait for health before starting a
+dependant).
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import docker
 from docker.errors import NotFound
-from docker.types import EndpointConfig
+from docker.types import EndpointConfig, Mount
 
 from infra.docker_host import client, container_state, wait_healthy
+from infra.secrets_file import host_path, write_secret_files
 from infra.spec import Service, Stack
 
 PROJECT_LABEL = "com.docker.compose.project"
@@ -28,8 +32,11 @@ def up(
     secrets: Mapping[str, str],
     timeout_s: float = 300,
     log: Callable[[str], None] = lambda line: None,
+    secrets_root: Path | None = None,
 ) -> None:
-    """Create what is missing and (re)create every service container, in dependency order."""
+    """Write the secret files, create what is missing and (re)create every service container,
+    in dependency order."""
+    write_secret_files(spec, secrets, secrets_root)
     with closing(client(timeout_s=120)) as engine:
         for network in spec.networks:
             if engine.networks.list(names=[network.name]):
@@ -50,7 +57,7 @@ def up(
                 engine.volumes.create(volume.name, labels=labels)
         for service in spec.ordered_services():
             _wait_dependencies(service, timeout_s)
-            _replace(engine, spec, service, secrets, log)
+            _replace(engine, spec, service, secrets_root, log)
 
 
 def down(
@@ -84,7 +91,7 @@ def _replace(
     engine: docker.DockerClient,
     spec: Stack,
     service: Service,
-    secrets: Mapping[str, str],
+    secrets_root: Path | None,
     log: Callable[[str], None],
 ) -> None:
     try:
@@ -100,7 +107,7 @@ def _replace(
         service.image,
         command=list(service.command) if service.command is not None else None,
         name=service.name,
-        environment=service.resolved_env(secrets),
+        environment=dict(service.env),
         user=service.user or "",
         labels=_labels(spec, service.labels) | {"com.docker.compose.service": service.name},
         healthcheck=_healthcheck(service),
@@ -112,6 +119,21 @@ def _replace(
             m.volume: {"bind": m.target, "mode": "ro" if m.read_only else "rw"}
             for m in service.volumes
         },
+        mounts=[
+            Mount(
+                f.target,
+                str(host_path(service.name, f, secrets_root).resolve()),
+                type="bind",
+                read_only=True,
+            )
+            for f in service.secret_files
+        ],
+        pids_limit=service.limits.pids,
+        read_only=service.hardening.read_only,
+        tmpfs=dict(service.hardening.tmpfs) or None,
+        cap_drop=list(service.hardening.cap_drop),
+        cap_add=list(service.hardening.cap_add) or None,
+        security_opt=list(service.hardening.security_opt) or None,
         network=first.network,
         networking_config={
             first.network: EndpointConfig(engine.api.api_version, aliases=list(first.aliases))

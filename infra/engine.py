@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -28,18 +27,19 @@ from urllib.parse import quote
 
 from infra import compose_engine, docker_driver, docker_host, images
 from infra.config import (
+    DATA_DIR,
     ConfigError,
     StackConfig,
     config_from_env,
     config_from_source,
     pulumi_key,
+    secrets_for,
     secrets_from_env,
     secrets_from_source,
 )
 from infra.stack import API_PORT, POSTGRES_PORT, REDIS_PORT, build_stack
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = REPO_ROOT / ".data"
 # MA_INFRA_STATE_FILE points the tasks at another record (a test stack, a second checkout).
 STATE_FILE = Path(os.environ.get("MA_INFRA_STATE_FILE") or DATA_DIR / "infra-stack.json")
 
@@ -58,13 +58,16 @@ class EngineError(RuntimeError):
 
 @dataclass(frozen=True)
 class StackEndpoints:
-    """Where the running stack answers, from this host. ``api_url`` is None when no API
-    container runs (embedded engine). Database/Redis URLs carry passwords: do not log them."""
+    """Where the running stack answers, from this host. ``database_url`` is the schema
+    owner's (migrations, schema checks), ``app_database_url`` the API's role (None when the
+    engine has no separate one), ``redis_url`` the API's Redis user. ``api_url`` is None when
+    no API runs. The URLs carry passwords: do not log them."""
 
     engine: Engine
     database_url: str
     redis_url: str | None
     api_url: str | None
+    app_database_url: str | None = None
 
 
 def _quiet(line: str) -> None:
@@ -151,8 +154,9 @@ def up(
         endpoints = embedded_up()
         _save_state(kind, config)
         return endpoints
-    secrets = dict(secrets) if secrets is not None else secrets_from_env(os.environ)
-    endpoints = _compose_up(config, secrets, build, migrate, timeout_s, log)
+    if secrets is None:
+        secrets = secrets_from_env(os.environ, secrets_for(config.mode))
+    endpoints = _compose_up(config, dict(secrets), build, migrate, timeout_s, log)
     _save_state(kind, config)
     return endpoints
 
@@ -186,20 +190,36 @@ def down(
     return kind
 
 
-def migrate_in_container(config: StackConfig, timeout_s: float = 120) -> str:
-    """``alembic upgrade head`` inside the API container (its env has DATABASE_URL)."""
-    deadline = time.monotonic() + timeout_s
-    while docker_host.container_state(config.api_name).status != "running":
-        if time.monotonic() > deadline:
-            raise EngineError(f"{config.api_name} is not running: cannot migrate")
-        time.sleep(1)
-    code, output = docker_host.exec_run(config.api_name, ["alembic", "upgrade", "head"])
-    if code != 0:
-        raise EngineError(f"migration in {config.api_name} failed ({code}):\n{output[-3000:]}")
-    return output
+def migrate_from_host(endpoints: StackEndpoints) -> str:
+    """``alembic upgrade head`` from here, as the schema owner. Not in the API container:
+    that one holds only the application role's URL, which may not create or alter tables."""
+    from app_patch import migrate as migrations
+
+    report = migrations.upgrade(endpoints.database_url)
+    return f"{report.from_revision or 'base'} -> {report.to_revision}"
 
 
-def compose_endpoints(config: StackConfig, secrets: Mapping[str, str]) -> StackEndpoints:
+def ensure_roles(config: StackConfig, secrets: Mapping[str, str]) -> None:
+    """Managed mode: create or re-assert the owner and app roles (passwords from the current
+    secrets) as the bootstrap superuser. The image's initdb script made them on the first
+    start; running this on every ``up`` applies a rotated password, and gives roles to a
+    database an earlier version created without them (adopting its tables)."""
+    from app_patch.db_roles import ensure_roles as ensure
+
+    pg_ip = docker_host.container_ip(config.postgres_host, config.network_name)
+    ensure(
+        _database_url(config, config.postgres_user, secrets["postgres_password"], pg_ip),
+        database=config.postgres_db,
+        owner=config.postgres_owner_user,
+        owner_password=secrets["postgres_owner_password"],
+        app=config.postgres_app_user,
+        app_password=secrets["postgres_app_password"],
+    )
+
+
+def compose_endpoints(
+    config: StackConfig, secrets: Mapping[str, str], engine: Engine = Engine.COMPOSE
+) -> StackEndpoints:
     """Endpoints of a running container stack: servers by their address on the network
     (reachable from the Docker host, nothing published), the API by its published port."""
     pg_ip = docker_host.container_ip(config.postgres_host, config.network_name)
@@ -207,10 +227,12 @@ def compose_endpoints(config: StackConfig, secrets: Mapping[str, str]) -> StackE
     api = build_stack(config).service(config.api_name)
     port = next(p for p in api.ports if p.container_port == API_PORT)
     host = "127.0.0.1" if port.host_ip in {"0.0.0.0", ""} else port.host_ip
+    owner, app = config.postgres_owner_user, config.postgres_app_user
     return StackEndpoints(
-        engine=Engine.COMPOSE,
-        database_url=_database_url(config, secrets["postgres_password"], pg_ip),
-        redis_url=_redis_url(config, secrets["redis_password"], redis_ip),
+        engine=engine,
+        database_url=_database_url(config, owner, secrets["postgres_owner_password"], pg_ip),
+        app_database_url=_database_url(config, app, secrets["postgres_app_password"], pg_ip),
+        redis_url=redis_url(config, config.redis_app_user, secrets["redis_app_password"], redis_ip),
         api_url=f"http://{host}:{port.host_port}",
     )
 
@@ -230,6 +252,12 @@ def _compose_up(
     if build:
         images.seed_base_image(config.base_image, log=log)
         images.build_all(spec, log=log)
+    # Roles first when PostgreSQL already runs: a rotated app password is in the database
+    # before the API restarts with it. On a first start the image's initdb hook made them.
+    roles_done = False
+    if config.mode == "managed" and docker_host.container_state(config.postgres_host).healthy:
+        _ensure_roles_logged(config, secrets, log)
+        roles_done = True
     if compose_runner() == "cli":
         compose_engine.up(spec, secrets, log=log)
     else:
@@ -237,11 +265,19 @@ def _compose_up(
         docker_driver.up(spec, secrets, timeout_s=timeout_s, log=log)
     servers = [config.postgres_host, config.redis_host]
     docker_host.wait_healthy(servers, timeout_s=timeout_s)
+    if config.mode == "managed" and not roles_done:
+        _ensure_roles_logged(config, secrets, log)
+    endpoints = compose_endpoints(config, secrets)
     if migrate:
-        log("migrating: alembic upgrade head (in the API container)")
-        migrate_in_container(config)
+        log("migrating: alembic upgrade head (as the schema owner)")
+        migrate_from_host(endpoints)
     docker_host.wait_healthy([config.api_name], timeout_s=timeout_s)
-    return compose_endpoints(config, secrets)
+    return endpoints
+
+
+def _ensure_roles_logged(config: StackConfig, secrets: Mapping[str, str], log: Log) -> None:
+    log(f"roles: {config.postgres_owner_user} (owner), {config.postgres_app_user} (app)")
+    ensure_roles(config, secrets)
 
 
 def _check_external(config: StackConfig) -> None:
@@ -252,27 +288,32 @@ def _check_external(config: StackConfig) -> None:
             raise EngineError(f"mode=external but container {name} does not exist")
 
 
-def _database_url(config: StackConfig, password: str, host: str) -> str:
-    user, database = quote(config.postgres_user, safe=""), quote(config.postgres_db, safe="")
-    return (
-        f"postgresql+psycopg://{user}:{quote(password, safe='')}@{host}:{POSTGRES_PORT}/{database}"
-    )
+def _database_url(config: StackConfig, role: str, password: str, host: str) -> str:
+    user, database = quote(role, safe=""), quote(config.postgres_db, safe="")
+    secret = quote(password, safe="")
+    return f"postgresql+psycopg://{user}:{secret}@{host}:{POSTGRES_PORT}/{database}"
 
 
-def _redis_url(config: StackConfig, password: str, host: str) -> str:
-    return f"redis://:{quote(password, safe='')}@{host}:{REDIS_PORT}/{config.redis_db}"
+def redis_url(config: StackConfig, user: str, password: str, host: str) -> str:
+    """A Redis URL for ``user`` (the app's or the admin's) at ``host``."""
+    name, secret = quote(user, safe=""), quote(password, safe="")
+    return f"redis://{name}:{secret}@{host}:{REDIS_PORT}/{config.redis_db}"
 
 
 def embedded_up() -> StackEndpoints:
-    """pgserver PostgreSQL and a loopback redis-server under the settings' data dir, exactly
-    as the app's own bootstrap starts them (Unix socket / loopback only, so no passwords)."""
-    from app_patch.embedded import EmbeddedRedis, start_embedded_postgres
+    """pgserver PostgreSQL (with its owner and app roles) and a loopback redis-server under
+    the settings' data dir, exactly as the app's own bootstrap starts them (Unix socket /
+    loopback only, so no passwords)."""
+    from app_patch.embedded import EmbeddedRedis
     from app_patch.settings import get_settings
+    from app_patch.target import embedded_urls
 
-    data_dir = get_settings().data_dir
-    postgres = start_embedded_postgres(data_dir)
-    redis_url = EmbeddedRedis(data_dir / "redis").start() if EmbeddedRedis.available() else None
-    return StackEndpoints(Engine.EMBEDDED, postgres.url, redis_url, None)
+    settings = get_settings()
+    urls = embedded_urls(settings)
+    redis = None
+    if EmbeddedRedis.available():
+        redis = EmbeddedRedis(settings.data_dir / "redis").start()
+    return StackEndpoints(Engine.EMBEDDED, urls.owner, redis, None, urls.app)
 
 
 def _embedded_down() -> None:
@@ -313,11 +354,10 @@ def _pulumi_up(log: Log) -> StackEndpoints:
     values = {key.split(":", 1)[1]: str(item.get("value", "")) for key, item in raw.items()
               if key.startswith(f"{project}:")}  # fmt: skip
     config = config_from_source(values.get, pulumi_key)
-    secrets = secrets_from_source(values.get, pulumi_key)
-    endpoints = compose_endpoints(config, secrets)
-    return StackEndpoints(
-        Engine.PULUMI, endpoints.database_url, endpoints.redis_url, endpoints.api_url
-    )
+    secrets = secrets_from_source(values.get, pulumi_key, secrets_for(config.mode))
+    if config.mode == "managed":
+        ensure_roles(config, secrets)
+    return compose_endpoints(config, secrets, Engine.PULUMI)
 
 
 def recorded_engine() -> Engine | None:

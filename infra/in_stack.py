@@ -1,10 +1,11 @@
 """Run a project module where the file store is: here, or inside the stack's API container.
 
 Why: the ``media-storage`` volume of a container stack is mounted only in the API container
-(whose env also has DATABASE_URL and MA_STORAGE_ROOT). A retention sweep or an outbox listing
-run on the host against that stack's database would look at the host's ``.data/storage``
-instead, and take every upload for a missing file. ``stack_ops.file_store_target()`` decides
-where; this module runs ``python -m <module>`` there and streams its output line by line.
+(whose env also has MA_STORAGE_ROOT, and MA_DB_URL_FILE: the application role's URL). A
+retention sweep or an outbox listing run on the host against that stack's database would look
+at the host's ``.data/storage`` instead, and take every upload for a missing file.
+``stack_ops.file_store_target()`` decides where; this module runs ``python -m <module>`` there
+and streams its output line by line.
 """
 
 from __future__ import annotations

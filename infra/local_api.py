@@ -16,7 +16,8 @@ from pathlib import Path
 
 import httpx
 
-from infra.engine import DATA_DIR, REPO_ROOT
+from infra.config import DATA_DIR
+from infra.engine import REPO_ROOT
 
 PID_FILE = DATA_DIR / "api.pid"
 LOG_FILE = DATA_DIR / "api.log"

@@ -7,7 +7,18 @@ spec with :func:`infra.stack.build_stack` and registers:
 * the network (``docker.Network``), or in external mode only a lookup (``get_network``);
 * the volumes (``docker.Volume``);
 * one image per service (``docker.Image`` built locally without push, or ``docker.RemoteImage``);
-* one ``docker.Container`` per service, waiting for its healthcheck (``wait=True``).
+* one ``docker.Container`` per service, waiting for its healthcheck (``wait=True``), hardened
+  as the spec says (capabilities, no-new-privileges, read-only root, tmpfs);
+* its secret files as ``uploads`` (content from secret config, owner and mode from the spec).
+  The Engine API refuses any upload into a container whose root filesystem is read-only
+  ("container rootfs is marked read-only", even for a path inside a volume), so a read-only
+  service gets its files through a ``<name>-secrets`` volume, filled by uploads into a
+  ``<name>-secrets`` container that is created and never started, and mounted read-only
+  at ``/run/secrets``;
+* the pids limit as a :class:`PidsLimit` (the provider's Container has no such input: it is
+  applied through the Engine API's container update right after creation).
+
+Nothing secret is ever an env var or an argument: ``docker inspect`` shows none.
 """
 
 from __future__ import annotations
@@ -15,17 +26,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pulumi
+import pulumi.dynamic
 import pulumi_docker as docker
 
 from infra.config import ConfigError, config_from_source, pulumi_key
-from infra.spec import Healthcheck, Service, Stack
+from infra.spec import SECRETS_DIR, Healthcheck, Service, Stack
 from infra.stack import API_PORT, build_stack
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WAIT_TIMEOUT_S = 180
+SECRETS_REVISION_LABEL = "io.media-analysis-kit.secrets-revision"
 _LabelArgs = TypeVar(
     "_LabelArgs", docker.NetworkLabelArgs, docker.VolumeLabelArgs, docker.ContainerLabelArgs
 )
@@ -40,7 +53,9 @@ class Rendered:
     volumes: dict[str, docker.Volume] = field(default_factory=dict)
     images: dict[str, docker.Image | docker.RemoteImage] = field(default_factory=dict)
     containers: dict[str, docker.Container] = field(default_factory=dict)
-    envs: dict[str, pulumi.Output[list[str]]] = field(default_factory=dict)
+    secret_volumes: dict[str, docker.Volume] = field(default_factory=dict)
+    secret_loaders: dict[str, docker.Container] = field(default_factory=dict)
+    pids_limits: dict[str, PidsLimit] = field(default_factory=dict)
 
 
 def render(
@@ -71,8 +86,19 @@ def render(
         )
     for service in spec.ordered_services():
         rendered.images[service.name] = _image(service, root)
-        rendered.envs[service.name] = _envs(service, secrets)
-        rendered.containers[service.name] = _container(service, rendered)
+        uploads = _uploads(service, secrets)
+        if uploads and service.hardening.read_only:
+            _secret_loader(service, uploads, rendered)
+            uploads = []
+        container = _container(service, rendered, uploads)
+        rendered.containers[service.name] = container
+        if service.limits.pids is not None:
+            rendered.pids_limits[service.name] = PidsLimit(
+                f"{service.name}-pids",
+                container_id=container.id,
+                pids_limit=service.limits.pids,
+                opts=pulumi.ResourceOptions(depends_on=[container]),
+            )
     return rendered
 
 
@@ -92,56 +118,108 @@ def _image(service: Service, root: Path) -> docker.Image | docker.RemoteImage:
     )
 
 
-def _envs(service: Service, secrets: Mapping[str, pulumi.Output[str]]) -> pulumi.Output[list[str]]:
-    """``KEY=value`` strings; secret outputs make the whole list a secret output."""
-    names = sorted({name for value in service.secret_env.values() for name in value.secret_names()})
-    plain = [f"{key}={value}" for key, value in service.env.items()]
-    if not names:
-        return pulumi.Output.from_input(plain)
+def _uploads(
+    service: Service, secrets: Mapping[str, pulumi.Output[str]]
+) -> list[docker.ContainerUploadArgs]:
+    """One upload per secret file: content resolved from secret outputs (so it stays a
+    secret in state and previews), owner and mode as the spec says."""
+    uploads = []
+    for secret_file in service.secret_files:
+        names = secret_file.content.secret_names()
 
-    def resolve(values: list[str]) -> list[str]:
-        resolved = dict(zip(names, values, strict=True))
-        return plain + [
-            f"{key}={value.resolve(resolved)}" for key, value in service.secret_env.items()
-        ]
+        def resolve(
+            values: list[str], template: Any = secret_file.content, names: Any = names
+        ) -> str:
+            return str(template.resolve(dict(zip(names, values, strict=True))))
 
-    resolved: pulumi.Output[list[str]] = pulumi.Output.all(*(secrets[n] for n in names)).apply(
-        resolve
+        content: pulumi.Output[str] = pulumi.Output.secret(
+            pulumi.Output.all(*(secrets[name] for name in names)).apply(resolve)
+        )
+        uploads.append(
+            docker.ContainerUploadArgs(
+                file=secret_file.target,
+                content=content,
+                owner=str(secret_file.uid),
+                group=str(secret_file.gid),
+                permissions=f"{secret_file.mode:04o}",
+            )
+        )
+    return uploads
+
+
+def _secret_loader(
+    service: Service, uploads: list[docker.ContainerUploadArgs], rendered: Rendered
+) -> None:
+    """The ``<name>-secrets`` volume and the never-started container that fills it."""
+    name = f"{service.name}-secrets"
+    volume = docker.Volume(name, name=name, labels=_labels(service.labels, docker.VolumeLabelArgs))
+    image = rendered.images[service.name]
+    rendered.secret_volumes[service.name] = volume
+    rendered.secret_loaders[service.name] = docker.Container(
+        name,
+        name=name,
+        image=image.image_name if isinstance(image, docker.Image) else image.image_id,
+        command=["true"],
+        start=False,
+        must_run=False,
+        network_mode="none",
+        volumes=[docker.ContainerVolumeArgs(volume_name=volume.name, container_path=SECRETS_DIR)],
+        uploads=uploads,
+        labels=_labels(service.labels, docker.ContainerLabelArgs),
+        opts=pulumi.ResourceOptions(depends_on=[volume]),
     )
-    return pulumi.Output.secret(resolved)
 
 
-def _container(service: Service, rendered: Rendered) -> docker.Container:
+def _container(
+    service: Service, rendered: Rendered, uploads: list[docker.ContainerUploadArgs]
+) -> docker.Container:
     image = rendered.images[service.name]
     image_ref = image.image_name if isinstance(image, docker.Image) else image.image_id
     depends_on: list[pulumi.Resource] = [rendered.containers[name] for name in service.depends_on]
     depends_on += [
         rendered.volumes[m.volume] for m in service.volumes if m.volume in rendered.volumes
     ]
+    volumes = [
+        docker.ContainerVolumeArgs(
+            volume_name=(
+                rendered.volumes[mount.volume].name
+                if mount.volume in rendered.volumes
+                else mount.volume
+            ),
+            container_path=mount.target,
+            read_only=mount.read_only,
+        )
+        for mount in service.volumes
+    ]
+    labels = dict(service.labels)
+    loader = rendered.secret_loaders.get(service.name)
+    label_args: list[Any] = _labels(labels, docker.ContainerLabelArgs)
+    if loader is not None:
+        secret_volume = rendered.secret_volumes[service.name]
+        volumes.append(
+            docker.ContainerVolumeArgs(
+                volume_name=secret_volume.name, container_path=SECRETS_DIR, read_only=True
+            )
+        )
+        # New files (a rotated password) replace the loader; this label then replaces the
+        # service too, which reads its files only at start.
+        label_args.append(docker.ContainerLabelArgs(label=SECRETS_REVISION_LABEL, value=loader.id))
+        depends_on.append(loader)
+    hardening = service.hardening
     return docker.Container(
         service.name,
         name=service.name,
         image=image_ref,
         command=list(service.command) if service.command is not None else None,
-        envs=rendered.envs[service.name],
+        envs=[f"{key}={value}" for key, value in service.env.items()],
+        uploads=uploads or None,
         networks_advanced=[
             docker.ContainerNetworksAdvancedArgs(
                 name=rendered.network_names[attachment.network], aliases=list(attachment.aliases)
             )
             for attachment in service.networks
         ],
-        volumes=[
-            docker.ContainerVolumeArgs(
-                volume_name=(
-                    rendered.volumes[mount.volume].name
-                    if mount.volume in rendered.volumes
-                    else mount.volume
-                ),
-                container_path=mount.target,
-                read_only=mount.read_only,
-            )
-            for mount in service.volumes
-        ],
+        volumes=volumes,
         ports=[
             docker.ContainerPortArgs(
                 internal=port.container_port,
@@ -156,7 +234,13 @@ def _container(service: Service, rendered: Rendered) -> docker.Container:
         user=service.user,
         memory=service.limits.memory_mb,
         cpus=str(service.limits.cpus) if service.limits.cpus is not None else None,
-        labels=_labels(service.labels, docker.ContainerLabelArgs),
+        capabilities=docker.ContainerCapabilitiesArgs(
+            drops=list(hardening.cap_drop), adds=list(hardening.cap_add) or None
+        ),
+        security_opts=list(hardening.security_opt) or None,
+        read_only=hardening.read_only,
+        tmpfs=dict(hardening.tmpfs) or None,
+        labels=label_args,
         must_run=True,
         wait=service.healthcheck is not None,
         wait_timeout=WAIT_TIMEOUT_S,
@@ -176,6 +260,62 @@ def _healthcheck(check: Healthcheck) -> docker.ContainerHealthcheckArgs:
 
 def _labels(labels: Mapping[str, str], args_type: type[_LabelArgs]) -> list[_LabelArgs]:
     return [args_type(label=key, value=value) for key, value in labels.items()]
+
+
+class _PidsLimitProvider(pulumi.dynamic.ResourceProvider):
+    """Sets ``HostConfig.PidsLimit`` of a container through ``POST /containers/{id}/update``
+    (what ``docker update --pids-limit`` does). Runs in the Pulumi program's process, against
+    the engine ``docker.from_env()`` finds (``DOCKER_HOST``, else the local socket): the same
+    engine the docker provider uses by default."""
+
+    serialize_as_secret_always = False
+
+    def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
+        _update_pids_limit(str(props["container_id"]), int(props["pids_limit"]))
+        return pulumi.dynamic.CreateResult(id_=f"{props['container_id']}-pids", outs=props)
+
+    def diff(
+        self, _id: str, olds: dict[str, Any], news: dict[str, Any]
+    ) -> pulumi.dynamic.DiffResult:
+        changed = [key for key in ("container_id", "pids_limit") if olds.get(key) != news.get(key)]
+        return pulumi.dynamic.DiffResult(
+            changes=bool(changed),
+            replaces=[key for key in changed if key == "container_id"],
+            delete_before_replace=False,
+        )
+
+    def update(
+        self, _id: str, _olds: dict[str, Any], news: dict[str, Any]
+    ) -> pulumi.dynamic.UpdateResult:
+        _update_pids_limit(str(news["container_id"]), int(news["pids_limit"]))
+        return pulumi.dynamic.UpdateResult(outs=news)
+
+
+def _update_pids_limit(container_id: str, limit: int) -> None:
+    import docker as docker_sdk  # the Docker SDK (infra extra), not pulumi_docker
+
+    client = docker_sdk.from_env(timeout=60)
+    try:
+        api = client.api
+        url = f"{api.base_url}/v{api.api_version}/containers/{container_id}/update"
+        api.post(url, json={"PidsLimit": limit}, timeout=60).raise_for_status()
+    finally:
+        client.close()
+
+
+class PidsLimit(pulumi.dynamic.Resource, module="media-analysis", name="PidsLimit"):
+    """The pids cgroup limit of one container (``pids_limit`` in compose)."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        container_id: pulumi.Input[str],
+        pids_limit: int,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        props = {"container_id": container_id, "pids_limit": pids_limit}
+        super().__init__(_PidsLimitProvider(), name, props, opts)
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Smoke checks of a running stack, whatever engine started it.
 
 Database at head with every table and index of the models present (read from pg_catalog),
-Redis answering with a TTL round trip, the storage writable, and the API ready. Each check
-reports; none aborts the others (shown with ``verify_containers.report``).
+the API's database role unprivileged (``app_patch.db_roles.role_problems``), Redis answering a
+round trip as the API's user, the storage writable, and the API ready. Each check reports;
+none aborts the others (shown with ``verify_containers.report``).
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from pathlib import Path
 import httpx
 import psycopg
 import redis
+from psycopg.conninfo import make_conninfo
 from sqlalchemy import PrimaryKeyConstraint, UniqueConstraint
 
 from app_patch import migrate as migrations
+from app_patch.cache import PREFIX as CACHE_PREFIX
 from app_patch.db import normalize_url
+from app_patch.db_roles import role_problems
 from app_patch.models import Base
 from infra.verify_containers import CheckFailed, CheckResult, run_check
 
@@ -33,10 +37,23 @@ class SmokeTarget:
     redis_url: str | None
     api_url: str | None
     storage_root: Path | None  # local root (embedded engine); containers check it via the API
+    app_database_url: str | None = None  # the API's role, when checked from here
 
 
 def _libpq(url: str) -> str:
-    return normalize_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    """A key=value conninfo (libpq's URI parser refuses a space SQLAlchemy leaves unquoted)."""
+    parsed = normalize_url(url)
+    parts = {
+        "user": parsed.username,
+        "password": parsed.password,
+        "host": parsed.host,
+        "port": parsed.port,
+        "dbname": parsed.database,
+    }
+    options = {key: str(value) for key, value in parts.items() if value is not None}
+    for key, value in parsed.query.items():  # e.g. ?host=/run/socket-dir (embedded server)
+        options.setdefault(key, value if isinstance(value, str) else value[-1])
+    return make_conninfo(**options)
 
 
 def expected_schema() -> tuple[set[str], set[str]]:
@@ -85,19 +102,28 @@ def check_schema(url: str) -> str:
 
 
 def check_redis(url: str) -> str:
+    """PING, SET with a TTL and GET, with only the commands the API's user may run (no PTTL,
+    no DEL: the probe key expires by itself, which the ``PX`` proves was accepted)."""
     client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-    key = f"ma:v1:smoke:{uuid.uuid4().hex}"
+    key = f"{CACHE_PREFIX}:smoke:{uuid.uuid4().hex}"
     try:
         client.ping()
-        client.set(key, b"ok", px=TTL_PROBE_MS)
-        ttl = int(client.pttl(key))
+        stored = client.set(key, b"ok", px=TTL_PROBE_MS)
         value = client.get(key)
     finally:
-        client.delete(key)
         client.close()
-    if value != b"ok" or not 0 < ttl <= TTL_PROBE_MS:
-        raise CheckFailed(f"round trip gave {value!r} with PTTL {ttl}")
-    return f"PING ok, TTL round trip ({ttl} ms left of {TTL_PROBE_MS})"
+    if not stored or value != b"ok":
+        raise CheckFailed(f"round trip gave {value!r} (SET answered {stored!r})")
+    return f"PING ok, SET PX {TTL_PROBE_MS} / GET round trip under {CACHE_PREFIX}:*"
+
+
+def check_app_role(url: str) -> str:
+    """The API's database role may read and write rows and nothing more."""
+    problems = role_problems(url)
+    if problems:
+        raise CheckFailed("; ".join(problems))
+    user = normalize_url(url).username
+    return f"role {user}: not a superuser, cannot CREATE or DROP tables, DML on every table"
 
 
 def check_storage(root: Path) -> str:
@@ -130,8 +156,14 @@ def run_smoke(target: SmokeTarget) -> list[CheckResult]:
         ("database at the head revision", partial(check_at_head, target.database_url)),
         ("every table and index present (pg_catalog)", partial(check_schema, target.database_url)),
     ]
+    if target.app_database_url is not None:
+        checks.append(
+            ("API's database role unprivileged", partial(check_app_role, target.app_database_url))
+        )
     if target.redis_url is not None:
-        checks.append(("Redis ping and TTL round trip", partial(check_redis, target.redis_url)))
+        checks.append(
+            ("Redis round trip as the API's user", partial(check_redis, target.redis_url))
+        )
     if target.storage_root is not None:
         checks.append(("storage writable", partial(check_storage, target.storage_root)))
     if target.api_url is not None:

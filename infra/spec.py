@@ -3,14 +3,19 @@
 A :class:`Stack` holds networks, volumes and services. Renderers (``infra.pulumi_program``,
 ``infra.compose``) turn it into resources; nothing here talks to Docker or Pulumi.
 
-Secrets never live in the spec: a service's :class:`SecretEnv` is a template such as
-``"redis://:{redis_password}@af-redis-1:6379/0"`` whose placeholders name entries of
-:attr:`Stack.secrets`. Each renderer substitutes values from its own secret source (Pulumi
-secret outputs, or environment variables for compose) at the last moment.
+Secrets never live in the spec, and never reach a container's environment or command line
+(``docker inspect`` would show them): a service gets each one as a :class:`SecretFile` under
+``/run/secrets``, whose content is a :class:`SecretTemplate` such as
+``"redis://media-app:{redis_app_password}@af-redis-1:6379/0"`` with placeholders naming
+entries of :attr:`Stack.secrets`; the service's env only names the file
+(``MA_REDIS_URL_FILE=/run/secrets/redis_url``). Each renderer writes the files from its own
+secret source at the last moment: Pulumi uploads them from secret outputs, compose mounts
+files that ``invoke up`` wrote under ``.data/secrets`` (see ``infra.secrets_file``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +24,9 @@ from urllib.parse import quote
 
 RestartPolicy = Literal["no", "always", "on-failure", "unless-stopped"]
 DependencyCondition = Literal["service_started", "service_healthy"]
+SECRETS_DIR = "/run/secrets"
+"""Where every service finds its secret files (the compose convention)."""
+NO_NEW_PRIVILEGES = "no-new-privileges:true"
 
 
 class SpecError(ValueError):
@@ -27,22 +35,25 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class Secret:
-    """A named secret the stack needs; ``setting`` is the user-facing name of its source."""
+    """A named secret the stack needs; ``setting`` is the user-facing name of its source.
+    ``managed_only``: it belongs to a server only a managed stack creates."""
 
     name: str
     setting: str
     description: str = ""
+    managed_only: bool = False
 
 
 @dataclass(frozen=True)
-class SecretEnv:
-    """An env value built from secrets: ``str.format`` placeholders name :class:`Secret`s.
+class SecretTemplate:
+    """A value built from secrets: ``str.format`` placeholders name :class:`Secret`s.
 
     ``url_quote`` percent-encodes each substituted value (for passwords inside URLs).
     """
 
     template: str
     url_quote: bool = False
+    sha256: bool = False  # the file holds the value's SHA-256 hex digest, not the value
 
     def secret_names(self) -> tuple[str, ...]:
         names = [name for _, name, _, _ in string.Formatter().parse(self.template) if name]
@@ -55,7 +66,51 @@ class SecretEnv:
         used = {name: values[name] for name in self.secret_names()}
         if self.url_quote:
             used = {name: quote(value, safe="") for name, value in used.items()}
-        return self.template.format(**used)
+        resolved = self.template.format(**used)
+        return hashlib.sha256(resolved.encode()).hexdigest() if self.sha256 else resolved
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """A file ``/run/secrets/<name>`` holding ``content`` resolved, readable only by ``uid``.
+
+    Mode 0400 owned by ``uid``:``gid``, so it is readable by exactly the process that needs it:
+    the API user (10001) for its URLs; root (0) for the PostgreSQL/Redis entrypoints, which
+    read them before they drop to their service user. ``read_at_start``: the service reads it
+    when it starts, so a new value means recreating the service; False for files read only
+    once ever (PostgreSQL's, at initdb: a rotated role password is applied in the database).
+    """
+
+    name: str
+    content: SecretTemplate
+    uid: int = 0
+    gid: int = 0
+    mode: int = 0o400
+    read_at_start: bool = True
+
+    @property
+    def target(self) -> str:
+        return f"{SECRETS_DIR}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Hardening:
+    """Kernel-level limits of a container: ``cap_add`` is all it keeps (everything else is
+    dropped), ``read_only`` makes the root filesystem read-only with ``tmpfs`` (path -> mount
+    options) for what it must write, ``no_new_privileges`` blocks setuid gains."""
+
+    cap_add: tuple[str, ...] = ()
+    read_only: bool = False
+    tmpfs: Mapping[str, str] = field(default_factory=dict)
+    no_new_privileges: bool = True
+
+    @property
+    def cap_drop(self) -> tuple[str, ...]:
+        return ("ALL",)
+
+    @property
+    def security_opt(self) -> tuple[str, ...]:
+        return (NO_NEW_PRIVILEGES,) if self.no_new_privileges else ()
 
 
 @dataclass(frozen=True)
@@ -106,6 +161,7 @@ class PortMapping:
 class Limits:
     memory_mb: int | None = None
     cpus: float | None = None
+    pids: int | None = None
 
 
 @dataclass(frozen=True)
@@ -117,7 +173,7 @@ class Service:
     build: Build | None = None
     command: tuple[str, ...] | None = None
     env: Mapping[str, str] = field(default_factory=dict)
-    secret_env: Mapping[str, SecretEnv] = field(default_factory=dict)
+    secret_files: tuple[SecretFile, ...] = ()
     networks: tuple[NetworkAttachment, ...] = ()
     volumes: tuple[VolumeMount, ...] = ()
     ports: tuple[PortMapping, ...] = ()
@@ -126,13 +182,12 @@ class Service:
     restart: RestartPolicy = "unless-stopped"
     user: str | None = None
     limits: Limits = field(default_factory=Limits)
+    hardening: Hardening = field(default_factory=Hardening)
     labels: Mapping[str, str] = field(default_factory=dict)
 
-    def resolved_env(self, secrets: Mapping[str, str]) -> dict[str, str]:
-        """Plain and secret env together, secrets substituted (for checks and tests)."""
-        env = dict(self.env)
-        env.update({key: value.resolve(secrets) for key, value in self.secret_env.items()})
-        return env
+    def resolved_files(self, secrets: Mapping[str, str]) -> dict[str, str]:
+        """Secret file contents by target path, secrets substituted (renderers and tests)."""
+        return {f.target: f.content.resolve(secrets) for f in self.secret_files}
 
 
 @dataclass(frozen=True)
@@ -212,11 +267,13 @@ class Stack:
                 _known(where, "volume", mount.volume, volumes)
             for dependency in service.depends_on:
                 _known(where, "dependency", dependency, services)
-            for key, value in service.secret_env.items():
-                if key in service.env:
-                    raise SpecError(f"{where}: {key} is both plain and secret env")
-                for name in value.secret_names():
+            _unique(f"{where} secret file", [f.name for f in service.secret_files])
+            for secret_file in service.secret_files:
+                for name in secret_file.content.secret_names():
                     _known(where, "secret", name, secrets)
+            for key, value in service.env.items():
+                if any(f"{{{name}}}" in value for name in secrets):
+                    raise SpecError(f"{where}: env {key} would carry a secret (use a file)")
             if service.healthcheck is None and any(
                 service.name in other.depends_on
                 and other.depends_on[service.name] == "service_healthy"

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from infra.config import StackConfig
+from app_patch.db_roles import init_sql
+from infra.config import StackConfig, secrets_for
+from infra.redis_acl import admin_rules, app_rules, maxmemory_bytes
 from infra.spec import (
+    SECRETS_DIR,
     Build,
     DependencyCondition,
+    Hardening,
     Healthcheck,
     Limits,
     Network,
     NetworkAttachment,
     PortMapping,
-    Secret,
-    SecretEnv,
+    SecretFile,
+    SecretTemplate,
     Service,
     Stack,
     Volume,
@@ -32,7 +36,8 @@ PROJECT = "media-analysis"
 EXTERNAL_PROJECT = "media-analysis-app"
 STORAGE_ROOT = "/opt/services/media-analysis/storage"
 API_PORT = 8000
-API_USER = "10001:10001"
+API_UID = 10001
+API_USER = f"{API_UID}:{API_UID}"
 POSTGRES_PORT = 5432
 REDIS_PORT = 6379
 PG_VOLUME = "pg-data"
@@ -40,10 +45,17 @@ REDIS_VOLUME = "redis-data"
 STORAGE_VOLUME = "media-storage"
 LABELS = {"io.media-analysis-kit.stack": PROJECT}
 
-SECRETS = (
-    Secret("postgres_password", "postgresPassword", "password of the PostgreSQL user"),
-    Secret("redis_password", "redisPassword", "password Redis requires (requirepass)"),
-)
+# The entrypoints start as root only to read their root-only secret files and drop to their
+# service user with setpriv (setresuid/setresgid/setgroups): SETUID and SETGID, nothing else.
+# Measured on fresh volumes: without either, setpriv fails with EPERM; CHOWN, FOWNER and
+# DAC_OVERRIDE are not needed (the image's data directory already belongs to the service user,
+# and root reads its own 0400 files). A volume owned by someone else makes the entrypoint stop
+# with one line saying how to chown it once.
+POSTGRES_CAPS = ("SETGID", "SETUID")
+REDIS_CAPS = ("SETGID", "SETUID")
+# The API's root filesystem is read-only; it writes media under STORAGE_ROOT (a volume) and
+# temporary files (uploads being received, Python's tempfile) under /tmp.
+API_TMPFS = {"/tmp": "rw,noexec,nosuid,nodev,size=256m,mode=1777"}
 
 _READY_PROBE = (
     "import sys, urllib.request; "
@@ -67,7 +79,7 @@ def build_stack(config: StackConfig) -> Stack:
         networks=(network,),
         volumes=tuple(volumes),
         services=tuple(services),
-        secrets=SECRETS,
+        secrets=secrets_for(config.mode),
         referenced_services=() if managed else (config.postgres_host, config.redis_host),
     )
 
@@ -79,9 +91,28 @@ def postgres_service(config: StackConfig) -> Service:
     return Service(
         name=config.postgres_host,
         image=config.postgres_image,
-        build=_local_build("infra/images/postgres", config),
-        env={"POSTGRES_USER": config.postgres_user, "POSTGRES_DB": config.postgres_db},
-        secret_env={"POSTGRES_PASSWORD": SecretEnv("{postgres_password}")},
+        build=_local_build(
+            "infra/images/postgres",
+            config,
+            # The initdb hook's SQL: the same grants ensure_roles applies, rendered once here.
+            ROLES_SQL=init_sql(
+                config.postgres_db, config.postgres_owner_user, config.postgres_app_user
+            ),
+        ),
+        env={
+            "POSTGRES_USER": config.postgres_user,
+            "POSTGRES_DB": config.postgres_db,
+            "POSTGRES_PASSWORD_FILE": _file("postgres_password"),
+            "POSTGRES_OWNER_PASSWORD_FILE": _file("postgres_owner_password"),
+            "POSTGRES_APP_PASSWORD_FILE": _file("postgres_app_password"),
+        },
+        # Read at initdb only: later the roles' passwords change in the database (ensure_roles),
+        # so a rotation never restarts PostgreSQL.
+        secret_files=(
+            _password_file("postgres_password", read_at_start=False),
+            _password_file("postgres_owner_password", read_at_start=False),
+            _password_file("postgres_app_password", read_at_start=False),
+        ),
         networks=(NetworkAttachment(config.network_name, (config.postgres_host,)),),
         volumes=(VolumeMount(PG_VOLUME, "/var/lib/postgresql/data"),),
         ports=ports,
@@ -103,7 +134,8 @@ def postgres_service(config: StackConfig) -> Service:
             retries=12,
             start_period_s=20,
         ),
-        limits=Limits(memory_mb=config.postgres_memory_mb),
+        limits=Limits(memory_mb=config.postgres_memory_mb, pids=config.postgres_pids_limit),
+        hardening=Hardening(cap_add=POSTGRES_CAPS),
         labels=LABELS,
     )
 
@@ -113,27 +145,46 @@ def redis_service(config: StackConfig) -> Service:
         name=config.redis_host,
         image=config.redis_image,
         build=_local_build("infra/images/redis", config),
-        secret_env={"REDIS_PASSWORD": SecretEnv("{redis_password}")},
+        env={
+            "REDIS_ADMIN_USER": config.redis_admin_user,
+            "REDIS_ADMIN_RULES": admin_rules(),
+            "REDIS_PASSWORD_FILE": _file("redis_password"),
+            "REDIS_APP_USER": config.redis_app_user,
+            "REDIS_APP_RULES": app_rules(),
+            "REDIS_APP_PASSWORD_FILE": _file("redis_app_password"),
+            "REDIS_MAXMEMORY": str(
+                maxmemory_bytes(config.redis_memory_mb, config.redis_maxmemory_percent)
+            ),
+        },
+        secret_files=(_password_file("redis_password"), _password_file("redis_app_password")),
         networks=(NetworkAttachment(config.network_name, (config.redis_host,)),),
         volumes=(VolumeMount(REDIS_VOLUME, "/data"),),
         healthcheck=Healthcheck(
-            test=(
-                "CMD-SHELL",
-                'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli -h 127.0.0.1 ping | grep -q PONG',
-            ),
+            test=("CMD-SHELL", redis_admin_cli(config, "ping") + " | grep -q PONG"),
             interval_s=5,
             timeout_s=3,
             retries=12,
             start_period_s=5,
         ),
-        limits=Limits(memory_mb=config.redis_memory_mb),
+        limits=Limits(memory_mb=config.redis_memory_mb, pids=config.redis_pids_limit),
+        hardening=Hardening(cap_add=REDIS_CAPS),
         labels=LABELS,
     )
 
 
+def redis_admin_cli(config: StackConfig, command: str) -> str:
+    """A shell command running ``redis-cli <command>`` as the admin user inside the Redis
+    container (password from its secret file, through REDISCLI_AUTH: never on a command line)."""
+    return (
+        f'REDISCLI_AUTH="$(cat {_file("redis_password")})" redis-cli --no-auth-warning'
+        f" --user {config.redis_admin_user} -h 127.0.0.1 {command}"
+    )
+
+
 def api_service(config: StackConfig) -> Service:
-    user = quote(config.postgres_user, safe="")
+    user = quote(config.postgres_app_user, safe="")
     database = quote(config.postgres_db, safe="")
+    redis_user = quote(config.redis_app_user, safe="")
     depends_on: dict[str, DependencyCondition] = {}
     if config.mode == "managed":
         depends_on = {config.postgres_host: "service_healthy", config.redis_host: "service_healthy"}
@@ -144,18 +195,40 @@ def api_service(config: StackConfig) -> Service:
         env={
             "MA_STORAGE_ROOT": STORAGE_ROOT,
             "MA_API_LOG_JSON": "true" if config.api_log_json else "false",
+            "MA_DB_URL_FILE": _file("db_url"),
+            "MA_REDIS_URL_FILE": _file("redis_url"),
+            "MA_API_KEYS_FILE": _file("api_key_digest"),
+            # uvicorn reads it itself: whose X-Forwarded-* headers it believes.
+            "FORWARDED_ALLOW_IPS": config.forwarded_allow_ips,
         },
-        secret_env={
-            "DATABASE_URL": SecretEnv(
-                f"postgresql+psycopg://{user}:{{postgres_password}}@{config.postgres_host}"
-                f":{POSTGRES_PORT}/{database}",
-                url_quote=True,
+        secret_files=(
+            SecretFile(
+                "db_url",
+                SecretTemplate(
+                    f"postgresql+psycopg://{user}:{{postgres_app_password}}"
+                    f"@{config.postgres_host}:{POSTGRES_PORT}/{database}",
+                    url_quote=True,
+                ),
+                uid=API_UID,
+                gid=API_UID,
             ),
-            "REDIS_URL": SecretEnv(
-                f"redis://:{{redis_password}}@{config.redis_host}:{REDIS_PORT}/{config.redis_db}",
-                url_quote=True,
+            SecretFile(
+                "redis_url",
+                SecretTemplate(
+                    f"redis://{redis_user}:{{redis_app_password}}@{config.redis_host}"
+                    f":{REDIS_PORT}/{config.redis_db}",
+                    url_quote=True,
+                ),
+                uid=API_UID,
+                gid=API_UID,
             ),
-        },
+            SecretFile(
+                "api_key_digest",
+                SecretTemplate("{api_key}", sha256=True),
+                uid=API_UID,
+                gid=API_UID,
+            ),
+        ),
         networks=(NetworkAttachment(config.network_name, (config.api_name,)),),
         volumes=(VolumeMount(STORAGE_VOLUME, STORAGE_ROOT),),
         ports=(PortMapping(API_PORT, config.api_host_port, config.api_host_ip),),
@@ -168,12 +241,26 @@ def api_service(config: StackConfig) -> Service:
         ),
         depends_on=depends_on,
         user=API_USER,
-        limits=Limits(memory_mb=config.api_memory_mb, cpus=config.api_cpus),
+        limits=Limits(
+            memory_mb=config.api_memory_mb, cpus=config.api_cpus, pids=config.api_pids_limit
+        ),
+        hardening=Hardening(read_only=True, tmpfs=API_TMPFS),
         labels=LABELS,
     )
 
 
-def _local_build(context: str, config: StackConfig) -> Build | None:
+def _file(name: str) -> str:
+    """Where a service finds its secret file ``name``."""
+    return f"{SECRETS_DIR}/{name}"
+
+
+def _password_file(secret: str, *, read_at_start: bool = True) -> SecretFile:
+    """A server's own password file, named after the secret; root-only (its entrypoint reads
+    it as root, before dropping privileges)."""
+    return SecretFile(secret, SecretTemplate(f"{{{secret}}}"), read_at_start=read_at_start)
+
+
+def _local_build(context: str, config: StackConfig, **args: str) -> Build | None:
     if not config.build_local_images:
         return None
-    return Build(context, "Dockerfile", {"BASE_IMAGE": config.base_image})
+    return Build(context, "Dockerfile", {"BASE_IMAGE": config.base_image, **args})

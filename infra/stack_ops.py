@@ -6,6 +6,7 @@ embedded engine gets a local API process so that every engine ends with an API t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -13,13 +14,22 @@ from pathlib import Path
 from docker.errors import DockerException
 
 from app_patch import migrate as migrations
-from app_patch.bootstrap import database_url
+from app_patch.db import redacted
+from app_patch.db_roles import ensure_roles
 from app_patch.errors import OperatorError
 from app_patch.migrate import UpgradeReport
 from app_patch.settings import get_settings
+from app_patch.target import migration_url
 from infra import docker_host, local_api
 from infra import engine as stack_engine
-from infra.config import ConfigError, config_from_env, secrets_from_env
+from infra.config import (
+    STACK_SECRETS,
+    ConfigError,
+    StackConfig,
+    config_from_env,
+    secrets_for,
+    secrets_from_env,
+)
 from infra.engine import Engine, StackEndpoints
 from infra.in_stack import ContainerTarget, FileStoreTarget, LocalTarget, StackNotRunningError
 from infra.smoke import SmokeTarget, run_smoke
@@ -34,25 +44,36 @@ def current_endpoints() -> StackEndpoints:
     kind = stack_engine.recorded_engine()
     if kind in {Engine.COMPOSE, Engine.PULUMI}:
         config = stack_engine.recorded_config() or config_from_env(os.environ)
-        return stack_engine.compose_endpoints(config, secrets_from_env(os.environ))
+        secrets = secrets_from_env(os.environ, secrets_for(config.mode))
+        return stack_engine.compose_endpoints(config, secrets, kind)
     settings = get_settings()
-    redis_url = (
-        settings.redis.url.get_secret_value()
-        if settings.redis.url
-        else stack_engine.embedded_up().redis_url
-    )
+    embedded = stack_engine.embedded_up()
+    redis_url = settings.redis.url.get_secret_value() if settings.redis.url else embedded.redis_url
     api_url = None
     if local_api.running_pid() is not None:
         api_url = f"http://{settings.api.host}:{settings.api.port}"
-    return StackEndpoints(Engine.EMBEDDED, database_url(settings), redis_url, api_url)
+    return StackEndpoints(
+        Engine.EMBEDDED, embedded.database_url, redis_url, api_url, embedded.app_database_url
+    )
 
 
 def target_database_url() -> str:
-    """For migrate/db-status: MA_DB_URL or DATABASE_URL, else the running stack's database."""
+    """For migrate/db-status: the schema owner's URL. MA_DB_MIGRATION_URL(_FILE), else
+    MA_DB_URL / DATABASE_URL (a single-role setup), else the running stack's owner."""
+    settings = get_settings()
+    if settings.db.migration_url is not None or settings.db.url is not None:
+        return migration_url(settings)
+    return current_endpoints().database_url
+
+
+def target_app_database_url() -> str:
+    """For retention and the outbox run here: the application role's URL (MA_DB_URL, else
+    the running stack's app role; the owner's only where no app role exists)."""
     settings = get_settings()
     if settings.db.url is not None:
         return settings.db.url.get_secret_value()
-    return current_endpoints().database_url
+    endpoints = current_endpoints()
+    return endpoints.app_database_url or endpoints.database_url
 
 
 EXPLICIT_STORE_VARS = ("MA_STORAGE_ROOT", "MA_DB_URL", "DATABASE_URL")
@@ -96,17 +117,73 @@ def file_store_target(environ: Mapping[str, str] | None = None) -> FileStoreTarg
     return ContainerTarget(name)
 
 
+ADMIN_URL_VAR = "MA_INFRA_ADMIN_URL"
+"""A superuser's URL for ``invoke db-roles``, from the environment (or a file): never an
+argument value, which would land in shell history and ``ps``."""
+
+
+def admin_url(admin_url_file: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """The administrator URL from ``admin_url_file``, else from ``MA_INFRA_ADMIN_URL``."""
+    env = os.environ if environ is None else environ
+    if admin_url_file:
+        try:
+            url = Path(admin_url_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise OperatorError(f"cannot read {admin_url_file}: {reason}") from None
+        if not url:
+            raise OperatorError(f"{admin_url_file} is empty: it must hold a superuser's URL")
+        return url
+    url = env.get(ADMIN_URL_VAR, "").strip()
+    if not url:
+        raise OperatorError(
+            f"no administrator URL: pass --admin-url-file PATH (a file holding a superuser's "
+            f"postgresql:// URL) or set {ADMIN_URL_VAR}"
+        )
+    return url
+
+
+def ensure_db_roles(
+    admin_url_file: str | None, environ: Mapping[str, str] | None = None
+) -> tuple[StackConfig, str]:
+    """``invoke db-roles``: create or update the schema owner and application roles, with the
+    stack's passwords for them, as the administrator (a DBA's step in external mode, where
+    the database server is not ours; a managed ``invoke up`` does it itself). Idempotent.
+
+    Returns the config used and the administrator URL without its password (for the report).
+    """
+    env = os.environ if environ is None else environ
+    url = admin_url(admin_url_file, env)
+    try:
+        config = stack_engine.recorded_config() or config_from_env(env)
+        wanted = tuple(
+            s
+            for s in STACK_SECRETS
+            if s.name in {"postgres_owner_password", "postgres_app_password"}
+        )
+        passwords = secrets_from_env(env, wanted)
+    except ConfigError as exc:
+        raise OperatorError(str(exc)) from None
+    ensure_roles(
+        url,
+        database=config.postgres_db,
+        owner=config.postgres_owner_user,
+        owner_password=passwords["postgres_owner_password"],
+        app=config.postgres_app_user,
+        app_password=passwords["postgres_app_password"],
+    )
+    return config, redacted(url)
+
+
 def up(*, engine: str | None, build: bool, log: Log) -> StackEndpoints:
     endpoints = stack_engine.up(engine=engine, build=build, migrate=False, log=log)
     if endpoints.engine is Engine.EMBEDDED:
         settings = get_settings()
-        env = {"MA_DB_URL": endpoints.database_url}
+        env = {"MA_DB_URL": endpoints.app_database_url or endpoints.database_url}
         if endpoints.redis_url:
             env["MA_REDIS_URL"] = endpoints.redis_url
         api_url = local_api.start(env, settings.api.host, settings.api.port)
-        endpoints = StackEndpoints(
-            endpoints.engine, endpoints.database_url, endpoints.redis_url, api_url
-        )
+        endpoints = dataclasses.replace(endpoints, api_url=api_url)
     return endpoints
 
 
@@ -123,14 +200,17 @@ def down(*, volumes: bool, log: Log) -> Engine:
 def verify(endpoints: StackEndpoints) -> list[CheckResult]:
     """Smoke checks for every engine, plus the testinfra container checks for containers."""
     local_storage: Path | None = None
+    app_database_url = None  # containers: verify_containers checks the API's own URL file
     if endpoints.engine is Engine.EMBEDDED:
         local_storage = get_settings().storage.root
+        app_database_url = endpoints.app_database_url
     results = run_smoke(
         SmokeTarget(
             database_url=endpoints.database_url,
             redis_url=endpoints.redis_url,
             api_url=endpoints.api_url,
             storage_root=local_storage,
+            app_database_url=app_database_url,
         )
     )
     if endpoints.engine in {Engine.COMPOSE, Engine.PULUMI}:

@@ -15,11 +15,11 @@ from pathlib import Path
 from invoke import Context, Exit, task
 from rich.console import Console
 
-from infra import compose, images
+from infra import compose, images, secrets_file
 from infra import engine as stack_engine
 from infra import verify_containers as checks
 from infra.compose_engine import ComposeError
-from infra.config import ConfigError, config_from_env
+from infra.config import ConfigError, config_from_env, secrets_from_env
 from infra.docker_host import DockerUnavailable, ensure_dockerd
 from infra.images import ImageBuildError
 from infra.stack import build_stack
@@ -81,7 +81,7 @@ def build_images(c: Context) -> None:
     help={
         "engine": "pulumi, compose or embedded (default: the first that fits)",
         "no_build": "use existing images",
-        "no_migrate": "skip alembic upgrade head in the API container",
+        "no_migrate": "skip alembic upgrade head (run from here as the schema owner)",
     }
 )
 def up(c: Context, engine: str = "", no_build: bool = False, no_migrate: bool = False) -> None:
@@ -114,6 +114,14 @@ def verify_containers(c: Context) -> None:
 
 def verify_containers_report() -> int:
     return checks.report(checks.run_checks(), console)
+
+
+def write_secret_files() -> Path:
+    """Write the compose secret files for the ``MA_INFRA_*`` config and passwords."""
+    config = config_from_env(os.environ)
+    spec = build_stack(config)
+    secrets_file.write_secret_files(spec, secrets_from_env(os.environ, spec.secrets))
+    return secrets_file.SECRETS_ROOT
 
 
 TASKS = (compose_file, build_images, seed_base_image, up, down, verify_containers)

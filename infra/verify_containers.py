@@ -1,27 +1,91 @@
 """testinfra checks of the running container stack (``invoke verify``).
 
 Every check goes through pytest-testinfra: ``local://`` for ``docker inspect`` on the host,
-``docker://<container>`` to look inside a container. ``run_checks`` never
-raises for a failed check: each becomes a :class:`CheckResult`; ``report`` prints them and
-returns the exit code.
+``docker://<container>`` to look inside a container (the one exception connects to PostgreSQL
+from here, with the URL read from the API container's own secret file, to ask
+``app_patch.db_roles.role_problems``). Besides health and networking they hold the trust
+boundary: no secret in any container's env or command line, each container hardened as the
+spec says (checked in ``docker inspect`` and in the kernel's view of PID 1), the API's database
+role unprivileged, the Redis app user refused admin commands (``ACL DRYRUN``) and ``maxmemory``
+below the container's limit. ``run_checks`` never raises for a failed check: each becomes a
+:class:`CheckResult`; ``report`` prints them and returns the exit code.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import testinfra
 from rich.console import Console
 from rich.table import Table
 
 from infra.config import StackConfig, config_from_env
-from infra.stack import POSTGRES_PORT, STORAGE_ROOT, STORAGE_VOLUME
+from infra.redis_acl import ALLOWED_TO_APP, DENIED_TO_APP, OUTSIDE_KEY
+from infra.spec import NO_NEW_PRIVILEGES, SECRETS_DIR, Service
+from infra.stack import (
+    POSTGRES_PORT,
+    STORAGE_ROOT,
+    STORAGE_VOLUME,
+    build_stack,
+    redis_admin_cli,
+)
+
+# Linux capability numbers (include/uapi/linux/capability.h), for reading CapBnd.
+_CAPABILITIES = (
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+)
+CAPABILITY_BITS = {name: bit for bit, name in enumerate(_CAPABILITIES)}
+_URL_WITH_PASSWORD = re.compile(r"://[^/@\s:]*:[^/@\s]+@")
+_SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_URL$", re.I)
 
 
 @dataclass(frozen=True)
@@ -37,10 +101,16 @@ class CheckFailed(AssertionError):
 
 def run_checks(config: StackConfig | None = None) -> list[CheckResult]:
     """All checks for the stack described by ``config`` (default: what ``up`` recorded,
-    else the ``MA_INFRA_*`` environment)."""
+    else the ``MA_INFRA_*`` environment).
+
+    Hardening and secret exposure are checked for every container this stack declares (in
+    external mode the shared servers are someone else's: only their health and network)."""
     config = config if config is not None else _recorded_config()
+    spec = build_stack(config)
+    ours = {service.name: service for service in spec.services}
+    names = (config.postgres_host, config.redis_host, config.api_name)
     checks: list[tuple[str, Callable[[], str]]] = []
-    for name in (config.postgres_host, config.redis_host, config.api_name):
+    for name in names:
         checks.append((f"{name} running and healthy", partial(_healthy, name)))
         checks.append(
             (
@@ -48,21 +118,49 @@ def run_checks(config: StackConfig | None = None) -> list[CheckResult]:
                 partial(_on_network, name, config.network_name),
             )
         )
+    for name in names:
+        if name in ours:
+            checks.append(
+                (
+                    f"{name}: no password in Config.Env or Args",
+                    partial(_no_secret_exposed, name, names),
+                )
+            )
+            checks.append((f"{name} hardened", partial(_hardened, ours[name])))
     checks += [
         (f"{config.api_name} process is not root", lambda: _not_root(config.api_name)),
+        (
+            f"{config.api_name} trusts X-Forwarded-* only from FORWARDED_ALLOW_IPS",
+            lambda: _forwarded_allow_ips(config.api_name),
+        ),
+        (
+            f"{config.api_name}'s database role is unprivileged (role_problems)",
+            lambda: _api_database_role(config),
+        ),
         (
             f"{config.postgres_host} port {POSTGRES_PORT} not published on the host",
             lambda: _postgres_not_published(config),
         ),
         (
             f"{config.redis_host} refuses unauthenticated commands",
-            lambda: _redis_requires_auth(config.redis_host),
+            lambda: _redis_requires_auth(config),
         ),
         (
             f"{STORAGE_VOLUME} mounted at {STORAGE_ROOT} and writable by the API user",
             lambda: _storage_writable(config.api_name),
         ),
     ]
+    if config.redis_host in ours:
+        checks += [
+            (
+                f"{config.redis_host}: {config.redis_app_user} denied admin commands (ACL DRYRUN)",
+                lambda: _redis_app_acl(config),
+            ),
+            (
+                f"{config.redis_host}: maxmemory below the container limit, evicting",
+                lambda: _redis_maxmemory(config),
+            ),
+        ]
     return [run_check(name, check) for name, check in checks]
 
 
@@ -161,7 +259,7 @@ def _postgres_not_published(config: StackConfig) -> str:
     key = f"{POSTGRES_PORT}/tcp"
     bindings = (attrs["NetworkSettings"].get("Ports") or {}).get(key) or []
     configured = (attrs["HostConfig"].get("PortBindings") or {}).get(key) or []
-    published = bindings + configured
+    published = [*bindings, *configured]
     if config.postgres_host_port:
         if not published:
             raise CheckFailed(f"postgresHostPort={config.postgres_host_port} but not published")
@@ -171,16 +269,203 @@ def _postgres_not_published(config: StackConfig) -> str:
     return "no host port binding"
 
 
-def _redis_requires_auth(container: str) -> str:
-    host = _inside(container)
+def _redis_requires_auth(config: StackConfig) -> str:
+    host = _inside(config.redis_host)
     anonymous = host.run("redis-cli -h 127.0.0.1 ping")
     answer = (anonymous.stdout + anonymous.stderr).strip()
     if "NOAUTH" not in answer:
         raise CheckFailed(f"unauthenticated PING answered {answer!r}")
-    authed = host.run('REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli -h 127.0.0.1 ping')
+    as_default = host.run("redis-cli -h 127.0.0.1 --no-auth-warning --user default --pass x ping")
+    refused = (as_default.stdout + as_default.stderr).strip()
+    if "PONG" in refused:
+        raise CheckFailed("the default user still logs in")
+    authed = host.run(redis_admin_cli(config, "ping"))
     if authed.stdout.strip() != "PONG":
-        raise CheckFailed(f"authenticated PING answered {authed.stdout.strip()!r}")
-    return "anonymous: NOAUTH; with the password: PONG"
+        raise CheckFailed(f"PING as {config.redis_admin_user} answered {authed.stdout.strip()!r}")
+    return f"anonymous: NOAUTH; default user: refused; {config.redis_admin_user}: PONG"
+
+
+def _redis_app_acl(config: StackConfig) -> str:
+    """``ACL DRYRUN`` (Redis 7) answers what a user could do without running anything."""
+    host = _inside(config.redis_host)
+    user = config.redis_app_user
+
+    def dryrun(command: tuple[str, ...]) -> str:
+        words = " ".join(shlex.quote(part) for part in command)
+        result = host.run(redis_admin_cli(config, f"ACL DRYRUN {shlex.quote(user)} {words}"))
+        return str(result.stdout + result.stderr).strip()
+
+    allowed = [
+        " ".join(c) for c in (*DENIED_TO_APP, OUTSIDE_KEY) if "no permissions" not in dryrun(c)
+    ]
+    if allowed:
+        raise CheckFailed(f"{user} may run: {'; '.join(allowed)}")
+    refused = {" ".join(c): dryrun(c) for c in ALLOWED_TO_APP}
+    broken = [f"{command}: {answer}" for command, answer in refused.items() if answer != "OK"]
+    if broken:
+        raise CheckFailed(f"{user} lacks what the cache needs: {'; '.join(broken)}")
+    denied = ", ".join(
+        c[0] if c[0] not in {"CONFIG", "SCRIPT", "ACL"} else " ".join(c[:2]) for c in DENIED_TO_APP
+    )
+    return f"refused: {denied}, keys outside ma:v1:*; allowed: GET/SET/PING"
+
+
+def _redis_maxmemory(config: StackConfig) -> str:
+    host = _inside(config.redis_host)
+    limit = int(_inspect(config.redis_host)["HostConfig"].get("Memory") or 0)
+    answer = host.run(redis_admin_cli(config, "CONFIG GET maxmemory*"))
+    words = answer.stdout.split()
+    settings = dict(zip(words[::2], words[1::2], strict=False))
+    maxmemory = int(settings.get("maxmemory", "0") or 0)
+    policy = settings.get("maxmemory-policy", "")
+    if not limit:
+        raise CheckFailed("the container has no memory limit")
+    if not 0 < maxmemory <= limit * 0.9:
+        raise CheckFailed(f"maxmemory {maxmemory} is not below 90% of the limit {limit}")
+    if policy not in {"allkeys-lru", "allkeys-lfu"}:
+        raise CheckFailed(f"maxmemory-policy is {policy!r}: a full cache would refuse writes")
+    share = 100 * maxmemory // limit
+    return f"maxmemory {maxmemory >> 20} MiB ({share}% of {limit >> 20} MiB), {policy}"
+
+
+def _no_secret_exposed(container: str, all_containers: tuple[str, ...]) -> str:
+    """No secret value (any container's, read from their own secret files) and nothing that
+    looks like one (a *PASSWORD* variable, a URL with a password) in the container's
+    environment or command line as ``docker inspect`` shows them."""
+    attrs = _inspect(container)
+    config = attrs.get("Config") or {}
+    env = [str(item) for item in config.get("Env") or []]
+    raw = [
+        attrs.get("Path"),
+        *(attrs.get("Args") or []),
+        *(config.get("Cmd") or []),
+        *(config.get("Entrypoint") or []),
+    ]
+    words = [str(word) for word in raw if word]
+    values = _secret_values(all_containers)
+    problems = []
+    for item in env:
+        key, _, value = item.partition("=")
+        if _SECRET_NAME.search(key) and not key.endswith("_FILE") and value:
+            problems.append(f"env {key} is set")
+        if _URL_WITH_PASSWORD.search(value):
+            problems.append(f"env {key} holds a URL with a password")
+    for text in env + words:
+        if any(secret in text for secret in values):
+            problems.append(f"a secret value appears in {text.partition('=')[0][:40]!r}")
+    if problems:
+        raise CheckFailed("; ".join(sorted(set(problems))))
+    return f"{len(env)} env vars and {len(words)} args checked against {len(values)} secret values"
+
+
+def _secret_values(containers: tuple[str, ...]) -> set[str]:
+    """Every secret the stack's containers hold, from their files under /run/secrets (read
+    inside each container as its own user), passwords in URLs also as they appear quoted."""
+    values: set[str] = set()
+    for container in containers:
+        try:
+            host = _inside(container)
+        except CheckFailed:
+            continue
+        listing = host.run(f"ls -1 {SECRETS_DIR} 2>/dev/null")
+        for name in listing.stdout.split():
+            text = host.run(f"cat {SECRETS_DIR}/{shlex.quote(name)}").stdout.strip()
+            if not text:
+                continue
+            password = urlsplit(text).password if "://" in text else None
+            if password:
+                values |= {unquote(password), password}
+            else:
+                values |= {text, quote(text, safe="")}
+    return {value for value in values if len(value) >= 8}
+
+
+def _hardened(service: Service) -> str:
+    """What the spec asks, as the engine applied it and as the kernel enforces it on PID 1."""
+    attrs = _inspect(service.name)
+    host_config = attrs.get("HostConfig") or {}
+    hardening = service.hardening
+    problems = []
+    dropped = {_cap(c) for c in host_config.get("CapDrop") or []}
+    added = {_cap(c) for c in host_config.get("CapAdd") or []}
+    if "ALL" not in dropped:
+        problems.append(f"CapDrop is {sorted(dropped)}, not ALL")
+    if added != set(hardening.cap_add):
+        problems.append(f"CapAdd is {sorted(added)}, expected {sorted(hardening.cap_add)}")
+    if not any(o.startswith("no-new-privileges") for o in host_config.get("SecurityOpt") or []):
+        problems.append("no-new-privileges is not set")
+    pids = int(host_config.get("PidsLimit") or 0)
+    if pids <= 0 or (service.limits.pids is not None and pids != service.limits.pids):
+        problems.append(f"PidsLimit is {pids or 'unlimited'}, expected {service.limits.pids}")
+    if hardening.read_only:
+        if not host_config.get("ReadonlyRootfs"):
+            problems.append("the root filesystem is writable")
+        missing = set(hardening.tmpfs) - set(host_config.get("Tmpfs") or {})
+        if missing:
+            problems.append(f"no tmpfs at {sorted(missing)}")
+    status = _inside(service.name).file("/proc/1/status").content_string
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    if fields.get("NoNewPrivs", "").strip() != "1":
+        problems.append("PID 1 runs without NoNewPrivs")
+    bounding = int(fields.get("CapBnd", "0").strip() or "0", 16)
+    allowed = sum(1 << CAPABILITY_BITS[cap] for cap in hardening.cap_add)
+    if bounding & ~allowed:
+        extra = sorted(
+            cap for cap, bit in CAPABILITY_BITS.items() if bounding & ~allowed & (1 << bit)
+        )
+        problems.append(f"PID 1 may still gain {', '.join(extra)}")
+    if hardening.read_only:
+        # As root, who owns /: only a read-only mount stops it (without caps, root of the
+        # container may still write where it owns).
+        probe = f"/.verify-{secrets.token_hex(4)}"
+        written = _local().run("docker exec -u 0 %s touch %s", service.name, probe)
+        if written.rc == 0:
+            _local().run("docker exec -u 0 %s rm -f %s", service.name, probe)
+            problems.append("writing to / succeeded")
+    if problems:
+        raise CheckFailed("; ".join(problems))
+    kept = ", ".join(sorted(hardening.cap_add)) or "none"
+    rootfs = f", read-only root + tmpfs {', '.join(hardening.tmpfs)}" if hardening.read_only else ""
+    return f"caps: ALL dropped, kept {kept}; {NO_NEW_PRIVILEGES}; pids {pids}{rootfs}"
+
+
+def _cap(name: str) -> str:
+    return str(name).upper().removeprefix("CAP_")
+
+
+def _forwarded_allow_ips(container: str) -> str:
+    attrs = _inspect(container)
+    config = attrs.get("Config") or {}
+    words = [
+        *(config.get("Entrypoint") or []),
+        *(config.get("Cmd") or []),
+        *(attrs.get("Args") or []),
+    ]
+    env = dict(str(item).partition("=")[::2] for item in config.get("Env") or [])
+    if "--forwarded-allow-ips" in words:
+        raise CheckFailed(f"the command sets --forwarded-allow-ips: {' '.join(map(str, words))}")
+    trusted = env.get("FORWARDED_ALLOW_IPS", "127.0.0.1 (uvicorn's default)")
+    if "*" in trusted:
+        raise CheckFailed("FORWARDED_ALLOW_IPS trusts any client")
+    return f"FORWARDED_ALLOW_IPS={trusted}"
+
+
+def _api_database_role(config: StackConfig) -> str:
+    """The API's own URL (its secret file, read inside it), pointed at the PostgreSQL
+    container's address on the network (this host cannot resolve the container name)."""
+    from app_patch.db_roles import role_problems
+    from infra.docker_host import container_ip
+
+    url = _inside(config.api_name).run(f"cat {SECRETS_DIR}/db_url").stdout.strip()
+    if not url:
+        raise CheckFailed(f"{SECRETS_DIR}/db_url is missing or empty in {config.api_name}")
+    parts = urlsplit(url)
+    address = container_ip(config.postgres_host, config.network_name)
+    netloc = parts.netloc.rsplit("@", 1)[0] + f"@{address}:{parts.port or POSTGRES_PORT}"
+    problems = role_problems(urlunsplit(parts._replace(netloc=netloc)))
+    if problems:
+        raise CheckFailed("; ".join(problems))
+    return f"role {parts.username}: not a superuser, cannot CREATE or DROP tables, owns nothing"
 
 
 def _storage_writable(container: str) -> str:

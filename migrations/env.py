@@ -2,6 +2,10 @@
 
 Every online run holds a transaction-scoped PostgreSQL advisory lock before it reads the
 current revision, so two hosts migrating at once apply each revision exactly once.
+
+The URL: ``-x url=...``, else ``sqlalchemy.url`` (``app_patch.migrate`` sets it), else the
+schema OWNER's (``MA_DB_MIGRATION_URL``, falling back to ``MA_DB_URL``, else the embedded
+server's owner role): migrations create and alter tables, which the app role may not.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from sqlalchemy.pool import NullPool
 from app_patch.db import normalize_url
 from app_patch.models import Base
 from app_patch.settings import get_settings
-from app_patch.target import resolve_target
+from app_patch.target import migration_url
 
 MIGRATION_LOCK_KEY = 0x6D61_6D69  # "mami": media-analysis migrations
 
@@ -29,7 +33,7 @@ def _url() -> str:
     explicit = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option(
         "sqlalchemy.url"
     )
-    raw = explicit or resolve_target(get_settings()).database_url
+    raw = explicit or migration_url(get_settings())
     return normalize_url(raw).render_as_string(hide_password=False)
 
 

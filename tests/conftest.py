@@ -3,6 +3,12 @@
 PostgreSQL is the embedded pgserver build unless ``MA_TEST_DATABASE_URL`` points at a server
 (each test database is then created on it). Redis is a ``redis-server`` started on a free
 loopback port. Fault-injection tests start their own instances so they can stop them.
+
+Like production, the app runs as the APPLICATION role and migrations as the schema OWNER
+(``app_patch.db_roles``): every test database gets both roles (cluster-wide ``ma_owner`` and
+``ma_app``), is migrated as the owner, and ``migrated_url`` (hence ``engine``,
+``session_factory``, ``clean_db`` and the API harness) is the app's URL. What the app may not
+do (TRUNCATE, DDL, DROP DATABASE) uses ``migrated_owner_url`` or the admin URL.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -21,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app_patch import migrate as migrations
 from app_patch.db import create_engine, create_session_factory, normalize_url
+from app_patch.db_roles import EMBEDDED_APP, EMBEDDED_OWNER, ensure_roles, role_url
 from app_patch.embedded import EmbeddedPostgres, EmbeddedRedis
 from app_patch.models import ALL_TABLES
 from app_patch.settings import DatabaseSettings
@@ -37,18 +45,67 @@ def libpq(url: str) -> str:
     return normalize_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-class DatabaseFactory:
-    """Creates uniquely named databases on one server and drops them at the end."""
+@dataclass(frozen=True)
+class RoleSet:
+    """The owner and app roles of the test server. Passwords only for an external server
+    (``MA_TEST_DATABASE_URL``); the embedded one trusts its Unix socket."""
 
-    def __init__(self, admin_url: str) -> None:
+    owner: str = EMBEDDED_OWNER
+    app: str = EMBEDDED_APP
+    owner_password: str | None = None
+    app_password: str | None = None
+
+    @classmethod
+    def for_server(cls, admin_url: str) -> RoleSet:
+        if normalize_url(admin_url).password is None:
+            return cls()
+        return cls(owner_password="ma-owner-test-pw", app_password="ma-app-test-pw")
+
+    def ensure(self, admin_url: str, database: str) -> None:
+        """Both roles and their grants in ``database`` (idempotent)."""
+        ensure_roles(
+            admin_url,
+            database=database,
+            owner=self.owner,
+            owner_password=self.owner_password,
+            app=self.app,
+            app_password=self.app_password,
+        )
+
+    def owner_url(self, url: str) -> str:
+        """The same database as the schema owner (migrations, TRUNCATE, DDL in tests)."""
+        return role_url(url, self.owner, self.owner_password)
+
+    def app_url(self, url: str) -> str:
+        """The same database as the application role (what the API uses)."""
+        return role_url(url, self.app, self.app_password)
+
+
+class DatabaseFactory:
+    """Creates uniquely named databases on one server and drops them at the end.
+
+    ``create`` sets up both roles in the new database and returns the OWNER's URL (what
+    migrations need); ``roles.app_url(url)`` gives the app's.
+    """
+
+    def __init__(self, admin_url: str, roles: RoleSet | None = None) -> None:
         self.admin_url = admin_url
+        self.roles = roles or RoleSet.for_server(admin_url)
         self.created: list[str] = []
 
-    def create(self, prefix: str = "t") -> str:
+    def create(self, prefix: str = "t", *, with_roles: bool = True) -> str:
+        """A new database: the owner's URL, or with ``with_roles=False`` (no grants, as
+        before the roles existed) the admin's."""
         name = f"{prefix}_{uuid.uuid4().hex[:10]}"
         with psycopg.connect(libpq(self.admin_url), autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         self.created.append(name)
+        if not with_roles:
+            return self.admin_url_of(name)
+        self.roles.ensure(self.admin_url, name)
+        return self.roles.owner_url(self.admin_url_of(name))
+
+    def admin_url_of(self, name: str) -> str:
         return (
             normalize_url(self.admin_url).set(database=name).render_as_string(hide_password=False)
         )
@@ -59,6 +116,32 @@ class DatabaseFactory:
                 conn.execute(
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
                 )
+
+
+@dataclass
+class RolePostgres(EmbeddedPostgres):
+    """An embedded server whose ``url`` is the APPLICATION role's, like the shared fixtures:
+    fault tests hand ``url`` to the app. ``admin_url`` is the bootstrap superuser's and
+    ``owner_url`` the schema owner's (migrate with it)."""
+
+    roles: RoleSet = field(default_factory=RoleSet)
+
+    def start(self) -> str:
+        super().start()
+        self.roles.ensure(self.admin_url, self.database)
+        return self.url
+
+    @property
+    def admin_url(self) -> str:
+        return str(super().url)
+
+    @property
+    def owner_url(self) -> str:
+        return self.roles.owner_url(self.admin_url)
+
+    @property
+    def url(self) -> str:
+        return self.roles.app_url(self.admin_url)
 
 
 @pytest.fixture(scope="session")
@@ -83,11 +166,18 @@ def databases(pg_admin_url: str) -> Iterator[DatabaseFactory]:
 
 
 @pytest.fixture(scope="session")
-def migrated_url(databases: DatabaseFactory) -> str:
-    """A database at head, shared by the tests that only read and write rows."""
+def migrated_owner_url(databases: DatabaseFactory) -> str:
+    """The schema owner's URL of the shared database at head (migrated as that owner)."""
     url = databases.create("head")
     migrations.upgrade(url)
     return url
+
+
+@pytest.fixture(scope="session")
+def migrated_url(databases: DatabaseFactory, migrated_owner_url: str) -> str:
+    """The APPLICATION role's URL of the shared database at head, for the tests that only
+    read and write rows (and the app they start)."""
+    return databases.roles.app_url(migrated_owner_url)
 
 
 @pytest.fixture(scope="session")
@@ -107,13 +197,40 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return create_session_factory(engine)
 
 
+CLEAN_LOCK_TIMEOUT = "10s"
+
+
 @pytest.fixture
-def clean_db(migrated_url: str) -> str:
-    """Empties every table before the test (the schema stays)."""
-    names = ", ".join(f'"{t.name}"' for t in ALL_TABLES)
-    with psycopg.connect(libpq(migrated_url), autocommit=True) as conn:
-        conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")  # type: ignore[arg-type]
-    return migrated_url
+def clean_db(migrated_url: str, migrated_owner_url: str, databases: DatabaseFactory) -> str:
+    """Empties every table before the test (the schema stays); returns the app's URL.
+
+    TRUNCATE is the owner's: the app role may only DELETE. A failed test can leave a
+    transaction open (its event loop closed under a running upload) that would block the
+    TRUNCATE of every later test: after a lock timeout such leftovers are ended, once.
+    """
+    names = sql.SQL(", ").join(sql.Identifier(t.name) for t in ALL_TABLES)
+    for attempt in range(2):
+        with psycopg.connect(libpq(migrated_owner_url), autocommit=True) as conn:
+            conn.execute(sql.SQL("SET lock_timeout = {}").format(CLEAN_LOCK_TIMEOUT))
+            try:
+                conn.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(names))
+                return migrated_url
+            except psycopg.errors.LockNotAvailable:
+                if attempt:
+                    raise
+        end_idle_transactions(databases.admin_url_of(database_name(migrated_url)))
+    raise AssertionError("unreachable")
+
+
+def end_idle_transactions(admin_url: str) -> list[int]:
+    """Terminate the sessions idling inside a transaction on ``admin_url``'s database."""
+    with psycopg.connect(libpq(admin_url), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'"
+            " AND pg_terminate_backend(pid)"
+        ).fetchall()
+    return [int(r[0]) for r in rows]
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ as secrets) and the monitor records each resource's dependencies.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,15 @@ from pulumi.runtime.mocks import MockMonitor
 from infra.pulumi_program import Program, declare
 
 PROJECT = "media-analysis-kit"
-PASSWORDS = {"postgresPassword": "pg pa$$/word:1", "redisPassword": "redis@pa ss#2"}
+PASSWORDS = {
+    "postgresPassword": "pg pa$$/word:1",
+    "postgresOwnerPassword": "owner pa:ss/3",
+    "postgresAppPassword": "app p@ss w%4",
+    "redisPassword": "redis@pa ss#2",
+    "redisAppPassword": "redis app:pw/5",
+    "apiKey": "api key/6",
+}
+"""Every stack secret, with characters that need quoting in a URL."""
 
 CONTAINER = "docker:index/container:Container"
 NETWORK = "docker:index/network:Network"
@@ -25,6 +34,7 @@ VOLUME = "docker:index/volume:Volume"
 IMAGE = "docker:index/image:Image"
 REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
 GET_NETWORK = "docker:index/getNetwork:getNetwork"
+PIDS_LIMIT = "pulumi-python:dynamic/media-analysis:PidsLimit"
 
 
 class RecordingMocks(pulumi.runtime.Mocks):
@@ -83,9 +93,22 @@ class Run:
         return {(r.typ, r.name) for r in self.resources}
 
 
+def fresh_event_loop() -> None:
+    """Pulumi's mocks take ``asyncio.get_event_loop()``; a test that ran ``asyncio.run`` before
+    (a host-side migration in the docker tests, for one) leaves none in the main thread."""
+    try:
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+        if not loop.is_closed():
+            return
+    except RuntimeError:
+        pass
+    asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 def run_program(settings: dict[str, str], passwords: dict[str, str] | None = None) -> Run:
     """Declare the stack with ``settings`` (Pulumi config keys without the project prefix)
     and the given passwords (default :data:`PASSWORDS`), resolving the stack outputs."""
+    fresh_event_loop()
     mocks = RecordingMocks()
     monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack="test", preview=False, monitor=monitor)
@@ -127,3 +150,24 @@ def unwrap(value: Any) -> Any:
 
 def env_of(inputs: dict[str, Any]) -> dict[str, str]:
     return dict(item.split("=", 1) for item in unwrap(inputs.get("envs") or []))
+
+
+def uploads_of(run: Run, service: str) -> dict[str, dict[str, Any]]:
+    """The secret files a service gets, by path: its own uploads, or (read-only root
+    filesystem) those of its ``<service>-secrets`` loader container."""
+    containers = run.containers
+    inputs = containers.get(f"{service}-secrets") or containers[service]
+    return {upload["file"]: upload for upload in unwrap(inputs.get("uploads") or [])}
+
+
+def secret_files_of(run: Run, service: str) -> dict[str, tuple[str, int, int, int]]:
+    """``path -> (content, uid, gid, mode)`` of a service's secret files."""
+    return {
+        path: (
+            str(upload["content"]),
+            int(upload["owner"]),
+            int(upload["group"]),
+            int(upload["permissions"], 8),
+        )
+        for path, upload in uploads_of(run, service).items()
+    }

@@ -1,16 +1,20 @@
 """The real container stack on the local Docker engine (CI installs one: no skipping).
 
-Builds the three images, starts the rendered compose file, runs the testinfra checks, uploads
-a real file through the API container's published port, finds the row in the containerised
-PostgreSQL, restarts the API and reads the history again, runs ``invoke retention`` and
-``invoke outbox`` as an operator does (they run inside the API container, where the media
-volume is), then tears everything down.
+Builds the three images, starts the rendered compose file, runs the testinfra checks (and
+shows they fail on a container that is not hardened), proves the trust boundary (no password
+in ``docker inspect``; the API's database role cannot CREATE or DROP; its Redis user cannot
+FLUSHALL or CONFIG GET; Redis evicts instead of being OOM-killed), uploads a real file through
+the API container's published port, finds the row in the containerised PostgreSQL, restarts
+the API and reads the history again, rotates the API's passwords, runs ``invoke retention``
+and ``invoke outbox`` as an operator does (they run inside the API container, where the
+media volume is), then tears everything down.
 Destructive for this project's containers and volumes on the host (pg-data, redis-data,
 media-storage): they are removed before and after.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -20,22 +24,38 @@ import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
+import docker
 import httpx
 import psycopg
 import pytest
+import redis
 from PIL import Image
 from psycopg import sql
+from redis.exceptions import NoPermissionError
 
-from infra import compose, compose_engine, docker_host, engine, images, stack_ops
-from infra.config import StackConfig
+from app_patch.db_roles import role_problems
+from infra import (
+    compose,
+    compose_engine,
+    docker_host,
+    engine,
+    images,
+    secrets_file,
+    stack_ops,
+    verify_containers,
+)
+from infra.config import STACK_SECRETS, StackConfig, env_key
 from infra.in_stack import ContainerTarget, LocalTarget, StackNotRunningError
+from infra.pulumi_program import _PidsLimitProvider
 from infra.stack import build_stack
 from infra.verify_containers import report, run_checks
 
@@ -55,6 +75,11 @@ class Deployed:
     endpoints: engine.StackEndpoints
     timings: dict[str, float]
     shared: dict[str, Any] = field(default_factory=dict)
+
+
+def api_key(stack: Deployed) -> dict[str, str]:
+    """Every route but health needs the stack's API key (the API holds only its digest)."""
+    return {"X-API-Key": stack.passwords["api_key"]}
 
 
 def _free_port() -> int:
@@ -78,10 +103,10 @@ def _operator_env(stack: Deployed, **extra: str) -> dict[str, str]:
     (so the tasks must find the store themselves)."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("MA_") and k not in {"DATABASE_URL", "REDIS_URL"}}  # fmt: skip
+    env.update({env_key(name): value for name, value in stack.passwords.items()})
     env.update(
         MA_INFRA_STATE_FILE=str(engine.STATE_FILE),
-        MA_INFRA_POSTGRES_PASSWORD=stack.passwords["postgres_password"],
-        MA_INFRA_REDIS_PASSWORD=stack.passwords["redis_password"],
+        MA_INFRA_SECRETS_DIR=str(secrets_file.SECRETS_ROOT),
         COLUMNS="120",
     )
     env.update(extra)
@@ -145,11 +170,19 @@ def _database_fingerprint(url: str) -> dict[str, tuple[int, str | None]]:
     return found
 
 
+def _passwords() -> dict[str, str]:
+    """Fresh values for every stack secret, with characters URLs and shells must quote."""
+    return {s.name: f"{s.setting[:8]}-{secrets.token_hex(6)} $/:@x" for s in STACK_SECRETS}
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     state_file = tmp_path_factory.mktemp("infra-state") / "infra-stack.json"
+    secrets_root = tmp_path_factory.mktemp("infra-secrets")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(engine, "STATE_FILE", state_file)
+        # The containers' secret files too: not the checkout's .data/secrets.
+        patch.setattr(secrets_file, "SECRETS_ROOT", secrets_root)
         timings: dict[str, float] = {}
         started = time.monotonic()
         docker_host.ensure_dockerd()
@@ -166,11 +199,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
             timings[f"build {built.tag}_s"] = built.seconds
         timings["build_all_s"] = time.monotonic() - started
 
-        token = secrets.token_hex(4)
-        passwords = {
-            "postgres_password": f"pg-{token} $/:@x",
-            "redis_password": f"rd-{token}@:/ y",
-        }
+        passwords = _passwords()
         started = time.monotonic()
         endpoints = engine.up(config, passwords, engine="compose", build=False, log=print)
         timings["up_to_ready_s"] = time.monotonic() - started
@@ -185,7 +214,7 @@ def test_rendered_compose_file_is_accepted_by_the_compose_cli(tmp_path: Path) ->
     for mode in ("managed", "external"):
         spec = build_stack(StackConfig(mode=mode))
         path = compose.write(spec, tmp_path / mode / "compose.yml")
-        compose_engine.validate(spec, {"postgres_password": "x", "redis_password": "y"}, path)
+        compose_engine.validate(spec, path)
 
 
 def test_stack_comes_up_healthy(stack: Deployed) -> None:
@@ -201,14 +230,158 @@ def test_verify_checks_are_green(stack: Deployed) -> None:
 
     failed = [f"{r.name}: {r.detail}" for r in results if not r.ok]
     assert not failed, "\n".join(failed)
-    assert len(results) == 10
+    assert len(results) == 20
     assert report(results) == 0
+
+
+def test_verify_fails_on_a_container_that_is_not_hardened(stack: Deployed) -> None:
+    """The same checks against a plain container (default capabilities, writable root, no
+    pids limit, no no-new-privileges, a URL with a password in its env): each is reported."""
+    probe = f"ma-weak-probe-{secrets.token_hex(3)}"
+    leaked = f"leak-{secrets.token_hex(6)}"
+    subprocess.run(
+        ["docker", "run", "-d", "--name", probe, "--entrypoint", "sleep",
+         "-e", f"DATABASE_URL=postgresql://u:{leaked}@h/db", stack.config.api_image, "120"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    try:
+        api = build_stack(stack.config).service(stack.config.api_name)
+        weak = dataclasses.replace(api, name=probe)
+        hardened = verify_containers.run_check(
+            "hardened", lambda: verify_containers._hardened(weak)
+        )
+        exposed = verify_containers.run_check(
+            "exposed", lambda: verify_containers._no_secret_exposed(probe, (probe,))
+        )
+    finally:
+        subprocess.run(["docker", "rm", "-f", "-v", probe], capture_output=True, timeout=60)
+
+    assert not hardened.ok and not exposed.ok
+    for missing in (
+        "CapDrop",
+        "no-new-privileges is not set",
+        "PidsLimit is unlimited",
+        "root filesystem is writable",
+        "no tmpfs",
+        "NoNewPrivs",
+        "may still gain",
+        "writing to / succeeded",
+    ):
+        assert missing in hardened.detail, hardened.detail
+    assert "env DATABASE_URL" in exposed.detail, exposed.detail
+    assert leaked not in exposed.detail  # the report names the variable, never the value
+
+
+def test_pulumi_delivery_paths_work_on_this_engine(stack: Deployed) -> None:
+    """What the Pulumi program relies on, against the real engine (no Pulumi CLI here): an
+    upload (PUT archive at "/", as the provider does) is refused by a read-only container but
+    lands in a volume through a never-started loader, owned and moded as the header says; and
+    the PidsLimit resource's update call sets HostConfig.PidsLimit."""
+    token = secrets.token_hex(3)
+    volume, loader, reader = (
+        f"ma-probe-vol-{token}",
+        f"ma-probe-loader-{token}",
+        f"ma-probe-ro-{token}",
+    )
+    image = stack.config.api_image
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        entry = tarfile.TarInfo("/run/secrets/db_url")
+        entry.size, entry.mode, entry.uid, entry.gid = 5, 0o400, 10001, 10001
+        tar.addfile(entry, io.BytesIO(b"probe"))
+    with closing(docker_host.client()) as client:
+        try:
+            client.volumes.create(volume)
+            read_only = client.containers.create(
+                image, ["sleep", "60"], name=reader, read_only=True,
+                volumes={volume: {"bind": "/run/secrets", "mode": "ro"}},
+            )  # fmt: skip
+            with pytest.raises(docker.errors.APIError, match="read-only"):
+                client.api.put_archive(read_only.id, "/", archive.getvalue())
+            filler = client.containers.create(
+                image, ["true"], name=loader, volumes={volume: {"bind": "/run/secrets"}}
+            )
+            assert client.api.put_archive(filler.id, "/", archive.getvalue())
+            read_only.start()
+            code, output = read_only.exec_run(["cat", "/run/secrets/db_url"])
+            assert (code, output) == (0, b"probe")
+            code, output = read_only.exec_run(["stat", "-c", "%u:%g %a", "/run/secrets/db_url"])
+            assert output.decode().strip() == "10001:10001 400"
+
+            _PidsLimitProvider().create({"container_id": read_only.id, "pids_limit": 77})
+            assert docker_host.inspect(reader)["HostConfig"]["PidsLimit"] == 77
+        finally:
+            for name in (reader, loader):
+                subprocess.run(["docker", "rm", "-f", "-v", name], capture_output=True, timeout=60)
+            subprocess.run(["docker", "volume", "rm", volume], capture_output=True, timeout=60)
+
+
+def test_docker_inspect_shows_no_password(stack: Deployed) -> None:
+    names = (stack.config.postgres_host, stack.config.redis_host, stack.config.api_name)
+    values = set(stack.passwords.values())
+    values |= {quote(value, safe="") for value in values}
+    for name in names:
+        attrs = docker_host.inspect(name)
+        shown = json.dumps(
+            {
+                "Env": attrs["Config"]["Env"],
+                "Cmd": attrs["Config"]["Cmd"],
+                "Entrypoint": attrs["Config"]["Entrypoint"],
+                "Args": attrs["Args"],
+                "Labels": attrs["Config"]["Labels"],
+            }
+        )
+        for value in values:
+            assert value not in shown, name
+        assert not any("PASSWORD=" in item or "_URL=" in item for item in attrs["Config"]["Env"]), (
+            attrs["Config"]["Env"]
+        )
+    # ...and the API's own root cannot read its secrets (they belong to uid 10001, no caps).
+    code, output = docker_host.exec_run(stack.config.api_name, ["cat", "/run/secrets/db_url"], "0")
+    assert code != 0 and "Permission denied" in output
+
+
+def test_containers_are_hardened_as_inspect_shows(stack: Deployed) -> None:
+    expected_caps = {
+        stack.config.postgres_host: ["SETGID", "SETUID"],
+        stack.config.redis_host: ["SETGID", "SETUID"],
+        stack.config.api_name: [],
+    }
+    for name, caps in expected_caps.items():
+        host_config = docker_host.inspect(name)["HostConfig"]
+        assert host_config["CapDrop"] == ["ALL"], name
+        assert sorted(host_config["CapAdd"] or []) == caps, name
+        assert "no-new-privileges:true" in host_config["SecurityOpt"], name
+        assert host_config["PidsLimit"] > 0, name
+        assert host_config["ReadonlyRootfs"] is (name == stack.config.api_name), name
+    code, output = docker_host.exec_run(stack.config.api_name, ["touch", "/etc/probe"])
+    assert code != 0 and "Read-only file system" in output
+
+
+def test_api_database_role_cannot_create_or_drop(stack: Deployed) -> None:
+    app_url = stack.endpoints.app_database_url
+    assert app_url is not None and "media_app" in app_url
+    assert role_problems(app_url) == []
+    with psycopg.connect(_libpq(app_url), connect_timeout=10) as conn:
+        row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+        assert row == (False,)
+        for statement in ("CREATE TABLE ma_probe (id int)", "DROP TABLE analysis_jobs"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+            conn.rollback()
+        assert conn.execute("SELECT count(*) FROM analysis_jobs").fetchone() is not None
+    # Every table belongs to the owner role, none to the bootstrap superuser.
+    with psycopg.connect(_libpq(stack.endpoints.database_url), connect_timeout=10) as conn:
+        owners = conn.execute(
+            "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchall()
+    assert owners == [(stack.config.postgres_owner_user,)]
 
 
 def test_upload_through_the_api_container_lands_in_postgres(stack: Deployed) -> None:
     api = stack.endpoints.api_url
     assert api is not None
-    with httpx.Client(base_url=api, timeout=30) as client:
+    with httpx.Client(base_url=api, timeout=30, headers=api_key(stack)) as client:
         assert client.get("/health/live").status_code == 200
         created = client.post(
             "/analyses",
@@ -238,6 +411,96 @@ def test_upload_through_the_api_container_lands_in_postgres(stack: Deployed) -> 
     assert result == (1,)
 
 
+def test_cache_works_through_the_restricted_redis_user(stack: Deployed) -> None:
+    job_id = stack.shared.get("job_id")
+    assert job_id, "the upload test must run first"
+    assert stack.endpoints.api_url is not None and stack.endpoints.redis_url is not None
+    with httpx.Client(
+        base_url=stack.endpoints.api_url, timeout=30, headers=api_key(stack)
+    ) as client:
+        first = client.get(f"/analyses/{job_id}")
+        second = client.get(f"/analyses/{job_id}")
+    assert first.status_code == second.status_code == 200
+    assert first.json() == second.json()
+
+    app = redis.Redis.from_url(stack.endpoints.redis_url, socket_timeout=5)
+    try:
+        assert urlsplit(stack.endpoints.redis_url).username == stack.config.redis_app_user
+        cached = app.get(f"ma:v1:job:{job_id}")
+        assert cached is not None and job_id.encode() in cached  # the API's own entry
+        for command in (("FLUSHALL",), ("CONFIG", "GET", "requirepass"), ("KEYS", "*")):
+            with pytest.raises(NoPermissionError):
+                app.execute_command(*command)
+        with pytest.raises(NoPermissionError):
+            app.get("outside:the:prefix")
+    finally:
+        app.close()
+    assert app_is_ready(stack)
+
+
+def app_is_ready(stack: Deployed) -> bool:
+    assert stack.endpoints.api_url is not None
+    ready = httpx.get(f"{stack.endpoints.api_url}/health/ready", timeout=10)
+    return ready.status_code == 200 and ready.json()["checks"]["redis"] == "ok"
+
+
+def _redis_admin(stack: Deployed) -> redis.Redis:
+    address = docker_host.container_ip(stack.config.redis_host, stack.config.network_name)
+    url = engine.redis_url(
+        stack.config, stack.config.redis_admin_user, stack.passwords["redis_password"], address
+    )
+    return redis.Redis.from_url(url, socket_timeout=10)
+
+
+def test_redis_evicts_instead_of_being_oom_killed(stack: Deployed) -> None:
+    """Fill the cache through the app user to 1.6 x maxmemory: Redis evicts, no write is
+    refused, the container is neither OOM-killed nor restarted, the API keeps answering."""
+    name = stack.config.redis_host
+    before = docker_host.inspect(name)["State"]
+    admin = _redis_admin(stack)
+    app = redis.Redis.from_url(stack.endpoints.redis_url or "", socket_timeout=10)
+    maxmemory = int(admin.config_get("maxmemory")["maxmemory"])
+    assert admin.config_get("maxmemory-policy")["maxmemory-policy"] == "allkeys-lru"
+    value = secrets.token_bytes(64 * 1024)
+    batches, per_batch = (maxmemory * 8 // 5) // (len(value) * 64) + 1, 64
+    failed_api: list[int] = []
+    started = time.monotonic()
+    try:
+        with httpx.Client(
+            base_url=stack.endpoints.api_url or "", timeout=10, headers=api_key(stack)
+        ) as client:
+            for batch in range(batches):
+                pipe = app.pipeline(transaction=False)
+                for i in range(per_batch):
+                    pipe.set(f"ma:v1:fill:{batch}:{i}", value, px=600_000)
+                assert all(result is True for result in pipe.execute()), batch
+                if batch % 10 == 0:
+                    status = client.get("/health/ready").status_code
+                    if status != 200:
+                        failed_api.append(status)
+        stats = admin.info("stats")
+        memory = admin.info("memory")
+    finally:
+        app.close()
+        admin.close()
+    written = batches * per_batch * len(value)
+    stack.timings["redis_fill_s"] = time.monotonic() - started
+    after = docker_host.inspect(name)["State"]
+    print(
+        f"redis fill: wrote {written >> 20} MiB in {stack.timings['redis_fill_s']:.1f}s; "
+        f"evicted_keys={stats['evicted_keys']} used_memory={memory['used_memory'] >> 20} MiB "
+        f"rss={memory['used_memory_rss'] >> 20} MiB maxmemory={maxmemory >> 20} MiB"
+    )
+    assert written > maxmemory * 1.5
+    assert int(stats["evicted_keys"]) > 0
+    assert int(memory["used_memory"]) <= maxmemory * 1.05
+    assert after["OOMKilled"] is False
+    assert after["Status"] == "running" and after["StartedAt"] == before["StartedAt"]
+    assert docker_host.inspect(name)["RestartCount"] == 0
+    assert failed_api == []
+    assert app_is_ready(stack)
+
+
 def test_history_survives_an_api_container_restart(stack: Deployed) -> None:
     job_id = stack.shared.get("job_id")
     assert job_id, "the upload test must run first"
@@ -250,13 +513,81 @@ def test_history_survives_an_api_container_restart(stack: Deployed) -> None:
 
     assert docker_host.inspect(name)["State"]["StartedAt"] != before
     assert stack.endpoints.api_url is not None
-    with httpx.Client(base_url=stack.endpoints.api_url, timeout=30) as client:
+    with httpx.Client(
+        base_url=stack.endpoints.api_url, timeout=30, headers=api_key(stack)
+    ) as client:
         job = client.get(f"/analyses/{job_id}")
         history = client.get("/analyses")
     assert job.status_code == 200
     assert job.json()["status"] == "succeeded"
     assert history.status_code == 200
     assert job_id in history.text
+
+
+def test_rotating_the_api_passwords_is_one_up(stack: Deployed) -> None:
+    """New app passwords (PostgreSQL role and Redis user) in the secrets, `up` again: the
+    role's password changes in the database first, Redis and the API are recreated with the
+    new files, PostgreSQL is not restarted, the old passwords stop working."""
+    old = dict(stack.passwords)
+    rotated = {
+        **old,
+        "postgres_app_password": f"rot-{secrets.token_hex(6)} /@:",
+        "redis_app_password": f"rot-{secrets.token_hex(6)} /@:",
+    }
+    ids = {
+        n: docker_host.inspect(n)["Id"] for n in (stack.config.postgres_host, stack.config.api_name)
+    }
+    endpoints = engine.up(stack.config, rotated, engine="compose", build=False, log=print)
+
+    assert docker_host.inspect(stack.config.postgres_host)["Id"] == ids[stack.config.postgres_host]
+    assert docker_host.inspect(stack.config.api_name)["Id"] != ids[stack.config.api_name]
+    stack.passwords.update(rotated)
+    stack.endpoints = endpoints
+    assert app_is_ready(stack)
+    assert endpoints.app_database_url is not None
+    assert role_problems(endpoints.app_database_url) == []
+    stale_db = endpoints.app_database_url.replace(
+        quote(rotated["postgres_app_password"], safe=""),
+        quote(old["postgres_app_password"], safe=""),
+    )
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(_libpq(stale_db), connect_timeout=10).close()
+    assert endpoints.redis_url is not None
+    stale_redis = endpoints.redis_url.replace(
+        quote(rotated["redis_app_password"], safe=""), quote(old["redis_app_password"], safe="")
+    )
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(stale_redis, socket_timeout=5).ping()
+
+
+def test_invoke_verify_and_db_roles_as_an_operator(stack: Deployed, tmp_path: Path) -> None:
+    """`invoke verify` (smoke + container checks) is green; `invoke db-roles` takes the
+    administrator URL from a file or from MA_INFRA_ADMIN_URL, never as an argument value,
+    and is idempotent."""
+    verify = _invoke(["verify"], _operator_env(stack))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "Redis round trip as the API's user" in verify.stdout
+    assert "database role is unprivileged" in verify.stdout
+
+    address = docker_host.container_ip(stack.config.postgres_host, stack.config.network_name)
+    admin = (
+        f"postgresql://{stack.config.postgres_user}:"
+        f"{quote(stack.passwords['postgres_password'], safe='')}@{address}:5432/postgres"
+    )
+    url_file = tmp_path / "admin-url"
+    url_file.write_text(admin + "\n")
+    url_file.chmod(0o600)
+    by_file = _invoke(["db-roles", "--admin-url-file", str(url_file)], _operator_env(stack))
+    by_env = _invoke(["db-roles"], _operator_env(stack, MA_INFRA_ADMIN_URL=admin))
+    for proc in (by_file, by_env):
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "media_owner (owner) and media_app (app) ready in media_analysis" in proc.stdout
+        assert stack.passwords["postgres_password"] not in proc.stdout + proc.stderr
+    missing = _invoke(["db-roles"], _operator_env(stack))
+    assert missing.returncode == 1
+    assert "MA_INFRA_ADMIN_URL" in _one_error_line(missing)
+    assert stack.endpoints.app_database_url is not None
+    assert role_problems(stack.endpoints.app_database_url) == []
 
 
 def test_retention_task_runs_in_the_api_container(stack: Deployed) -> None:
@@ -266,7 +597,7 @@ def test_retention_task_runs_in_the_api_container(stack: Deployed) -> None:
     api, url = stack.endpoints.api_url, stack.endpoints.database_url
     assert api is not None
     uploads: dict[str, bytes] = {}
-    with httpx.Client(base_url=api, timeout=30) as client:
+    with httpx.Client(base_url=api, timeout=30, headers=api_key(stack)) as client:
         for i in range(20):
             body = _png((i * 12, 255 - i * 12, (i * 37) % 256), (32 + i, 24))
             created = client.post(
@@ -292,7 +623,7 @@ def test_retention_task_runs_in_the_api_container(stack: Deployed) -> None:
     assert rows.get("missing") == (0, 0), proc.stdout
     assert rows.get("total") == (0, 0), proc.stdout
     assert _live_media(url) == live_before, "nothing live was deleted"
-    with httpx.Client(base_url=api, timeout=30) as client:
+    with httpx.Client(base_url=api, timeout=30, headers=api_key(stack)) as client:
         for sha, body in uploads.items():
             got = client.get(f"/media/{sha}/content")
             assert got.status_code == 200, (sha, got.text)

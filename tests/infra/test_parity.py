@@ -1,40 +1,63 @@
-"""One spec, two renderings: Pulumi resources and the compose file agree on everything."""
+"""One spec, two renderings: Pulumi resources and the compose file agree on everything,
+secret files (content, owner, mode) and hardening included."""
 
 from __future__ import annotations
 
-import re
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from infra import compose
-from infra.config import StackConfig, config_from_source, pulumi_key
+from infra import compose, secrets_file
+from infra.config import STACK_SECRETS, StackConfig, config_from_source, pulumi_key
+from infra.pulumi_program import SECRETS_REVISION_LABEL
 from infra.stack import build_stack
-from tests.infra.pulumi_harness import PASSWORDS, VOLUME, env_of, run_program, unwrap
+from tests.infra.pulumi_harness import (
+    PASSWORDS,
+    PIDS_LIMIT,
+    VOLUME,
+    env_of,
+    run_program,
+    secret_files_of,
+    unwrap,
+)
 
-SECRETS = {
-    "postgres_password": PASSWORDS["postgresPassword"],
-    "redis_password": PASSWORDS["redisPassword"],
-}
-_VARIABLE = re.compile(r"^\$\{([A-Z0-9_]+):\?[^}]*\}$")
-
-
-def _compose_env(environment: dict[str, str], variables: dict[str, str]) -> dict[str, str]:
-    resolved = {}
-    for key, value in environment.items():
-        match = _VARIABLE.match(value)
-        resolved[key] = variables[match.group(1)] if match else compose.unescape(value)
-    return resolved
+SECRETS = {secret.name: PASSWORDS[secret.setting] for secret in STACK_SECRETS}
 
 
-def _pulumi_view(inputs: dict[str, Any]) -> dict[str, Any]:
+def _compose_files(
+    service: dict[str, Any], document: dict[str, Any], base_dir: Path
+) -> dict[str, tuple[str, int, int, int]]:
+    """``target -> (content, uid, gid, mode)`` of the files compose mounts (read back from
+    what ``secrets_file`` wrote where the rendered file points)."""
+    files = {}
+    for entry in service.get("secrets", []):
+        host = (base_dir / document["secrets"][entry["source"]]["file"]).resolve()
+        status = host.stat()
+        target = f"/run/secrets/{entry['target']}"
+        files[target] = (host.read_text(), status.st_uid, status.st_gid, status.st_mode & 0o777)
+    return files
+
+
+def _pulumi_view(inputs: dict[str, Any], files: dict[str, Any], pids: int | None) -> dict[str, Any]:
     check = inputs["healthcheck"]
+    capabilities = inputs.get("capabilities") or {}
     return {
         "image": inputs["image"],
         "env": env_of(inputs),
+        "files": files,
+        "cap_drop": capabilities.get("drops", []),
+        "cap_add": sorted(capabilities.get("adds", [])),
+        "security_opt": inputs.get("securityOpts", []),
+        "read_only": bool(inputs.get("readOnly")),
+        "tmpfs": inputs.get("tmpfs") or {},
+        "pids": pids,
         "networks": {n["name"]: n["aliases"] for n in inputs["networksAdvanced"]},
         "volumes": {
-            (v["volumeName"], v["containerPath"], v["readOnly"]) for v in inputs["volumes"]
+            (v["volumeName"], v["containerPath"], v["readOnly"])
+            for v in inputs["volumes"]
+            if v["containerPath"] != "/run/secrets"  # the loader's volume: see "files"
         },
         "ports": [
             f"{p['ip']}:{int(p['external'])}:{int(p['internal'])}/{p['protocol']}"
@@ -51,15 +74,26 @@ def _pulumi_view(inputs: dict[str, Any]) -> dict[str, Any]:
         "user": inputs.get("user"),
         "memory_mb": inputs.get("memory"),
         "cpus": float(inputs["cpus"]) if inputs.get("cpus") else None,
-        "labels": {label["label"]: label["value"] for label in unwrap(inputs.get("labels") or [])},
+        "labels": {
+            label["label"]: label["value"]
+            for label in unwrap(inputs.get("labels") or [])
+            if label["label"] != SECRETS_REVISION_LABEL  # Pulumi's replacement trigger
+        },
     }
 
 
-def _compose_view(service: dict[str, Any], variables: dict[str, str]) -> dict[str, Any]:
+def _compose_view(service: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
     check = service["healthcheck"]
     return {
         "image": service["image"],
-        "env": _compose_env(service.get("environment", {}), variables),
+        "env": {k: compose.unescape(v) for k, v in service.get("environment", {}).items()},
+        "files": files,
+        "cap_drop": service.get("cap_drop", []),
+        "cap_add": sorted(service.get("cap_add", [])),
+        "security_opt": service.get("security_opt", []),
+        "read_only": bool(service.get("read_only")),
+        "tmpfs": dict(entry.split(":", 1) for entry in service.get("tmpfs", [])),
+        "pids": service.get("pids_limit"),
         "networks": {name: n["aliases"] for name, n in service["networks"].items()},
         "volumes": {
             (v["source"], v["target"], v.get("read_only", False)) for v in service["volumes"]
@@ -91,19 +125,40 @@ def _compose_view(service: dict[str, Any], variables: dict[str, str]) -> dict[st
     ],
     ids=["managed", "external", "managed-published"],
 )
-def test_pulumi_and_compose_renderings_agree(settings: dict[str, str]) -> None:
+def test_pulumi_and_compose_renderings_agree(settings: dict[str, str], tmp_path: Path) -> None:
     spec = build_stack(config_from_source(settings.get, pulumi_key))
-    run = run_program(settings)
-    document = compose.render(spec)
-    variables = compose.secret_environment(spec, SECRETS)
+    passwords = {s.setting: PASSWORDS[s.setting] for s in spec.secrets}
+    run = run_program(settings, passwords)
+    base_dir = tmp_path / "rendered"
+    base_dir.mkdir()
+    document = compose.render(spec, base_dir, secrets_root=tmp_path / "secrets")
+    secrets_file.write_secret_files(spec, SECRETS, tmp_path / "secrets")
+    pids = {
+        inputs["container_id"]: inputs["pids_limit"] for inputs in run.of_type(PIDS_LIMIT).values()
+    }
 
     # Services: the same set, and each one identical in every rendered aspect.
-    assert set(run.containers) == set(document["services"]) == {s.name for s in spec.services}
+    assert set(document["services"]) == {s.name for s in spec.services}
+    assert set(run.containers) == {s.name for s in spec.services} | {
+        f"{s.name}-secrets" for s in spec.services if s.hardening.read_only and s.secret_files
+    }
     for service in spec.services:
-        in_pulumi = _pulumi_view(run.containers[service.name])
-        in_compose = _compose_view(document["services"][service.name], variables)
+        in_pulumi = _pulumi_view(
+            run.containers[service.name],
+            secret_files_of(run, service.name),
+            pids.get(f"{service.name}-id"),
+        )
+        rendered = document["services"][service.name]
+        in_compose = _compose_view(rendered, _compose_files(rendered, document, base_dir))
         assert in_pulumi == in_compose, service.name
-        assert in_pulumi["env"] == service.resolved_env(SECRETS)
+        assert in_pulumi["env"] == dict(service.env)
+        assert {path: f[0] for path, f in in_pulumi["files"].items()} == service.resolved_files(
+            SECRETS
+        )
+        if os.geteuid() == 0:  # else compose's files are 0444 by design (secrets_file)
+            assert {f[1:] for f in in_pulumi["files"].values()} <= {
+                (f.uid, f.gid, f.mode) for f in service.secret_files
+            }
 
     # Dependencies: compose waits for health where Pulumi orders after the container.
     for service in spec.services:
@@ -111,13 +166,15 @@ def test_pulumi_and_compose_renderings_agree(settings: dict[str, str]) -> None:
         pulumi_deps = {
             urn.rsplit("::", 1)[1]
             for urn in run.dependencies[service.name]
-            if "docker:index/container:Container" in urn
+            if "docker:index/container:Container" in urn and not urn.endswith("-secrets")
         }
         assert compose_deps == pulumi_deps, service.name
 
     # Volumes: the same ones created; external ones in neither.
     created = {name for name, v in document.get("volumes", {}).items() if not v.get("external")}
-    assert created == set(run.of_type(VOLUME)) == {v.name for v in spec.volumes if not v.external}
+    loaders = {name for name in run.of_type(VOLUME) if name.endswith("-secrets")}
+    assert created == set(run.of_type(VOLUME)) - loaders
+    assert created == {v.name for v in spec.volumes if not v.external}
 
     # Network: created by both, or referenced by name by both.
     network = spec.networks[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import runpy
 from dataclasses import fields
@@ -12,25 +13,38 @@ import pulumi
 import pytest
 import yaml
 
-from infra.config import StackConfig, config_from_source, pulumi_key
-from infra.stack import API_USER, STORAGE_ROOT
+from infra.config import STACK_SECRETS, StackConfig, config_from_source, pulumi_key
+from infra.pulumi_program import SECRETS_REVISION_LABEL
+from infra.stack import API_UID, API_USER, STORAGE_ROOT
 from tests.infra.pulumi_harness import (
     CONTAINER,
     GET_NETWORK,
     IMAGE,
     NETWORK,
     PASSWORDS,
+    PIDS_LIMIT,
     PROJECT,
     REMOTE_IMAGE,
     VOLUME,
     RecordingMocks,
     env_of,
+    fresh_event_loop,
     is_secret,
     run_program,
+    secret_files_of,
+    unwrap,
+    uploads_of,
 )
 
 PG, REDIS, API = "af-postgres-1", "af-redis-1", "media-analysis-api"
+LOADER = f"{API}-secrets"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+EXTERNAL_PASSWORDS = {
+    key: value
+    for key, value in PASSWORDS.items()
+    if key not in {"postgresPassword", "redisPassword"}
+}
+"""External mode needs no password of the shared servers' administrators."""
 
 
 def test_managed_mode_declares_exactly_the_whole_stack() -> None:
@@ -47,6 +61,11 @@ def test_managed_mode_declares_exactly_the_whole_stack() -> None:
         (CONTAINER, PG),
         (CONTAINER, REDIS),
         (CONTAINER, API),
+        (VOLUME, LOADER),
+        (CONTAINER, LOADER),
+        (PIDS_LIMIT, f"{PG}-pids"),
+        (PIDS_LIMIT, f"{REDIS}-pids"),
+        (PIDS_LIMIT, f"{API}-pids"),
     }
     assert run.calls == []
     assert run.of_type(NETWORK)["af-network"]["name"] == "af-network"
@@ -54,67 +73,123 @@ def test_managed_mode_declares_exactly_the_whole_stack() -> None:
         "pg-data",
         "redis-data",
         "media-storage",
+        LOADER,
     }
 
 
 def test_external_mode_only_references_the_shared_network_and_servers() -> None:
-    run = run_program({"mode": "external"})
+    run = run_program({"mode": "external"}, EXTERNAL_PASSWORDS)
 
     assert run.kinds() == {
         (VOLUME, "media-storage"),
         (IMAGE, f"{API}-image"),
         (CONTAINER, API),
+        (VOLUME, LOADER),
+        (CONTAINER, LOADER),
+        (PIDS_LIMIT, f"{API}-pids"),
     }
     assert [(call.token, call.args) for call in run.calls] == [
         (GET_NETWORK, {"name": "af-network"})
     ]
-    registered = json.dumps([r.inputs for r in run.resources], default=str)
+    registered = json.dumps([unwrap(r.inputs) for r in run.resources], default=str)
     for theirs in ("pg-data", "redis-data", "POSTGRES_PASSWORD", "REDIS_PASSWORD"):
         assert theirs not in registered
     # ...but the API still talks to them by name, on the looked-up network.
-    env = env_of(run.containers[API])
-    assert urlsplit(env["DATABASE_URL"]).hostname == PG
-    assert urlsplit(env["REDIS_URL"]).hostname == REDIS
+    files = secret_files_of(run, API)
+    assert urlsplit(files["/run/secrets/db_url"][0]).hostname == PG
+    assert urlsplit(files["/run/secrets/redis_url"][0]).hostname == REDIS
     assert run.containers[API]["networksAdvanced"] == [{"name": "af-network", "aliases": [API]}]
-    assert sorted(urn.rsplit("::", 1)[1] for urn in run.dependencies[API]) == [
-        f"{API}-image",
-        "media-storage",
-    ]
+    assert sorted(urn.rsplit("::", 1)[1] for urn in run.dependencies[API]) == sorted(
+        [f"{API}-image", "media-storage", LOADER, LOADER]
+    )
+
+
+def test_external_mode_does_not_need_the_servers_admin_passwords() -> None:
+    required = {s.setting for s in STACK_SECRETS if not s.managed_only}
+
+    assert set(EXTERNAL_PASSWORDS) == required
+    with pytest.raises(pulumi.ConfigMissingError):
+        run_program({}, EXTERNAL_PASSWORDS)  # managed: they are required
 
 
 @pytest.mark.parametrize("mode", ["managed", "external"])
-def test_every_container_is_on_af_network_with_its_alias(mode: str) -> None:
-    run = run_program({"mode": mode})
+def test_every_service_container_is_on_af_network_with_its_alias(mode: str) -> None:
+    run = run_program({"mode": mode}, PASSWORDS if mode == "managed" else EXTERNAL_PASSWORDS)
 
-    assert run.containers
-    for name, inputs in run.containers.items():
+    services = {name: inputs for name, inputs in run.containers.items() if name != LOADER}
+    assert services
+    for name, inputs in services.items():
         assert inputs["name"] == name
         assert inputs["networksAdvanced"] == [{"name": "af-network", "aliases": [name]}]
+    # The loader is never started and joins no network.
+    loader = run.containers[LOADER]
+    assert (loader["start"], loader["mustRun"], loader["networkMode"]) == (False, False, "none")
+    assert "networksAdvanced" not in loader
 
 
-def test_api_urls_point_at_the_shared_servers_with_quoted_passwords() -> None:
-    run = run_program({"postgresUser": "media", "postgresDb": "media_analysis", "redisDb": "2"})
+def test_api_gets_the_app_roles_urls_as_files_with_quoted_passwords() -> None:
+    run = run_program(
+        {"postgresAppUser": "media_app", "postgresDb": "media_analysis", "redisDb": "2"}
+    )
+    files = secret_files_of(run, API)
     env = env_of(run.containers[API])
 
-    database = urlsplit(env["DATABASE_URL"])
+    assert set(files) == {
+        "/run/secrets/db_url",
+        "/run/secrets/redis_url",
+        "/run/secrets/api_key_digest",
+    }
+    assert {owner_and_mode[1:] for owner_and_mode in files.values()} == {(API_UID, API_UID, 0o400)}
+    digest = hashlib.sha256(PASSWORDS["apiKey"].encode()).hexdigest()
+    assert files["/run/secrets/api_key_digest"][0] == digest, "the API holds only the digest"
+    database = urlsplit(files["/run/secrets/db_url"][0])
     assert database.scheme == "postgresql+psycopg"
     assert (database.hostname, database.port, database.path) == (PG, 5432, "/media_analysis")
-    assert database.username == "media"
-    assert database.password == quote(PASSWORDS["postgresPassword"], safe="")
-    redis = urlsplit(env["REDIS_URL"])
+    assert database.username == "media_app"
+    assert database.password == quote(PASSWORDS["postgresAppPassword"], safe="")
+    redis = urlsplit(files["/run/secrets/redis_url"][0])
     assert (redis.scheme, redis.hostname, redis.port, redis.path) == ("redis", REDIS, 6379, "/2")
-    assert redis.password == quote(PASSWORDS["redisPassword"], safe="")
-    assert env["MA_STORAGE_ROOT"] == STORAGE_ROOT
-    assert env["MA_API_LOG_JSON"] == "true"
-    assert env_of(run.containers[PG])["POSTGRES_PASSWORD"] == PASSWORDS["postgresPassword"]
-    assert env_of(run.containers[REDIS])["REDIS_PASSWORD"] == PASSWORDS["redisPassword"]
+    assert redis.username == "media-app"
+    assert redis.password == quote(PASSWORDS["redisAppPassword"], safe="")
+    assert env == {
+        "MA_STORAGE_ROOT": STORAGE_ROOT,
+        "MA_API_LOG_JSON": "true",
+        "MA_DB_URL_FILE": "/run/secrets/db_url",
+        "MA_REDIS_URL_FILE": "/run/secrets/redis_url",
+        "MA_API_KEYS_FILE": "/run/secrets/api_key_digest",
+        "FORWARDED_ALLOW_IPS": "127.0.0.1",
+    }
 
 
-def test_passwords_reach_the_engine_only_as_secrets() -> None:
+def test_servers_read_their_passwords_from_root_only_files() -> None:
     run = run_program({})
 
+    assert secret_files_of(run, PG) == {
+        "/run/secrets/postgres_password": (PASSWORDS["postgresPassword"], 0, 0, 0o400),
+        "/run/secrets/postgres_owner_password": (PASSWORDS["postgresOwnerPassword"], 0, 0, 0o400),
+        "/run/secrets/postgres_app_password": (PASSWORDS["postgresAppPassword"], 0, 0, 0o400),
+    }
+    assert secret_files_of(run, REDIS) == {
+        "/run/secrets/redis_password": (PASSWORDS["redisPassword"], 0, 0, 0o400),
+        "/run/secrets/redis_app_password": (PASSWORDS["redisAppPassword"], 0, 0, 0o400),
+    }
+    assert env_of(run.containers[PG])["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    assert env_of(run.containers[REDIS])["REDIS_APP_PASSWORD_FILE"] == (
+        "/run/secrets/redis_app_password"
+    )
+
+
+def test_passwords_reach_the_engine_only_as_secrets_and_never_as_env() -> None:
+    run = run_program({})
+
+    for name in (PG, REDIS, LOADER):
+        assert is_secret(run.containers[name]["uploads"]), f"{name} uploads sent in clear"
     for name in (PG, REDIS, API):
-        assert is_secret(run.containers[name]["envs"]), f"{name} envs sent in clear"
+        assert not is_secret(run.containers[name]["envs"])
+        assert not any(
+            "PASSWORD=" in item or "_URL=" in item for item in env_of(run.containers[name])
+        )
+    assert "uploads" not in run.containers[API]  # read-only root: its files come via the loader
     clear = json.dumps(
         [
             {key: value for key, value in r.inputs.items() if not is_secret(value)}
@@ -122,21 +197,64 @@ def test_passwords_reach_the_engine_only_as_secrets() -> None:
         ],
         default=str,
     )
-    for password in PASSWORDS.values():
+    everywhere = json.dumps([unwrap(r.inputs) for r in run.resources], default=str)
+    for setting, password in PASSWORDS.items():
         assert password not in clear
         assert quote(password, safe="") not in clear
+        if setting == "apiKey":  # the API gets only its digest: the key goes nowhere
+            assert password not in everywhere
+            assert hashlib.sha256(password.encode()).hexdigest() in everywhere
+            continue
+        assert password in everywhere or quote(password, safe="") in everywhere
 
-    secret_flags = pulumi.Output.all(
-        *(envs.is_secret() for envs in run.program.rendered.envs.values())
-    )
-    seen: list[list[bool]] = []
 
-    @pulumi.runtime.test
-    def check() -> pulumi.Output[None]:
-        return secret_flags.apply(seen.append)
+def test_containers_are_hardened() -> None:
+    run = run_program({})
+    pg, redis, api = (run.containers[name] for name in (PG, REDIS, API))
 
-    check()
-    assert seen == [[True, True, True]]
+    for inputs in (pg, redis, api):
+        assert inputs["capabilities"]["drops"] == ["ALL"]
+        assert inputs["securityOpts"] == ["no-new-privileges:true"]
+    assert sorted(pg["capabilities"]["adds"]) == ["SETGID", "SETUID"]
+    assert sorted(redis["capabilities"]["adds"]) == ["SETGID", "SETUID"]
+    assert "adds" not in api["capabilities"]
+    assert api["readOnly"] is True
+    assert set(api["tmpfs"]) == {"/tmp"}
+    assert not pg.get("readOnly") and not redis.get("readOnly")
+
+
+def test_pids_limits_are_applied_to_each_container() -> None:
+    run = run_program({"apiPidsLimit": "300", "redisPidsLimit": "64"})
+    limits = run.of_type(PIDS_LIMIT)
+
+    assert {
+        name: (inputs["container_id"], inputs["pids_limit"]) for name, inputs in limits.items()
+    } == {
+        f"{PG}-pids": (f"{PG}-id", 512),
+        f"{REDIS}-pids": (f"{REDIS}-id", 64),
+        f"{API}-pids": (f"{API}-id", 300),
+    }
+    for name in (PG, REDIS, API):
+        assert any(urn.endswith(f"::{name}") for urn in run.dependencies[f"{name}-pids"])
+
+
+def test_new_api_secret_files_replace_the_api_container() -> None:
+    """Uploads replace the loader on change; its id in a label then replaces the API too."""
+    run = run_program({})
+    labels = {item["label"]: item["value"] for item in run.containers[API]["labels"]}
+
+    assert labels[SECRETS_REVISION_LABEL] == f"{LOADER}-id"
+    volumes = {v["containerPath"]: v for v in run.containers[API]["volumes"]}
+    assert volumes["/run/secrets"] == {
+        "volumeName": LOADER,
+        "containerPath": "/run/secrets",
+        "readOnly": True,
+    }
+    assert set(uploads_of(run, API)) == {
+        "/run/secrets/db_url",
+        "/run/secrets/redis_url",
+        "/run/secrets/api_key_digest",
+    }
 
 
 def test_healthchecks_restart_user_limits_and_ports() -> None:
@@ -163,7 +281,8 @@ def test_healthchecks_restart_user_limits_and_ports() -> None:
         {"internal": 8000, "external": 18080, "ip": "127.0.0.1", "protocol": "tcp"}
     ]
     assert api["volumes"] == [
-        {"volumeName": "media-storage", "containerPath": STORAGE_ROOT, "readOnly": False}
+        {"volumeName": "media-storage", "containerPath": STORAGE_ROOT, "readOnly": False},
+        {"volumeName": LOADER, "containerPath": "/run/secrets", "readOnly": True},
     ]
     assert pg["volumes"][0]["volumeName"] == "pg-data"
     assert redis["volumes"][0]["volumeName"] == "redis-data"
@@ -172,8 +291,8 @@ def test_healthchecks_restart_user_limits_and_ports() -> None:
 def test_api_waits_for_both_servers_in_managed_mode() -> None:
     run = run_program({})
 
-    assert sorted(urn.rsplit("::", 1)[1] for urn in run.dependencies[API]) == sorted(
-        [PG, REDIS, "af-network", "media-storage", f"{API}-image"]
+    assert sorted(set(urn.rsplit("::", 1)[1] for urn in run.dependencies[API])) == sorted(
+        [PG, REDIS, "af-network", "media-storage", f"{API}-image", LOADER]
     )
 
 
@@ -203,12 +322,12 @@ def test_stack_outputs() -> None:
     assert run.outputs["apiUrl"] == "http://127.0.0.1:8081"
     assert run.outputs["networkName"] == "af-network"
     assert sorted(run.outputs["volumeNames"]) == ["media-storage", "pg-data", "redis-data"]
-    external = run_program({"mode": "external"})
+    external = run_program({"mode": "external"}, EXTERNAL_PASSWORDS)
     assert external.outputs["networkName"] == "af-network"
     assert external.outputs["volumeNames"] == ["media-storage"]
 
 
-@pytest.mark.parametrize("missing", ["postgresPassword", "redisPassword"])
+@pytest.mark.parametrize("missing", sorted(PASSWORDS))
 def test_missing_password_fails_with_one_message_naming_it(missing: str) -> None:
     passwords = {key: value for key, value in PASSWORDS.items() if key != missing}
 
@@ -246,6 +365,7 @@ def test_project_file_entry_point_runs_the_program() -> None:
         "name": "python",
         "options": {"toolchain": "pip", "virtualenv": ".venv"},
     }
+    fresh_event_loop()
     mocks = RecordingMocks()
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack="dev", preview=False)
     pulumi.runtime.set_all_config({f"{PROJECT}:{key}": value for key, value in PASSWORDS.items()})
@@ -256,7 +376,7 @@ def test_project_file_entry_point_runs_the_program() -> None:
         return pulumi.Output.from_input(None)
 
     program()
-    assert {r.name for r in mocks.resources if r.typ == CONTAINER} == {PG, REDIS, API}
+    assert {r.name for r in mocks.resources if r.typ == CONTAINER} == {PG, REDIS, API, LOADER}
 
 
 def test_documented_dev_stack_config_is_the_defaults() -> None:

@@ -253,11 +253,11 @@ def test_recent_artifact_folders_are_kept() -> None:
 
 
 async def test_wrong_database_does_not_wipe_the_store(
-    engine: AsyncEngine, storage: Storage, clean_db: str
+    engine: AsyncEngine, storage: Storage, clean_db: str, migrated_owner_url: str
 ) -> None:
     """A sweep pointed at an empty database sees every file as an orphan: it refuses."""
     seeded = seed(clean_db, storage.root, expired_media=0, live_media=150)
-    execute(clean_db, "TRUNCATE media_files CASCADE")
+    execute(migrated_owner_url, "TRUNCATE media_files CASCADE")  # the app role may not
     before = files_under(storage.root)
     report = await sweeper(engine, storage).sweep(policies=[Policy.orphans])
     assert report.policies[Policy.orphans].objects == 0

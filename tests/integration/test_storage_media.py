@@ -105,10 +105,11 @@ async def test_too_large_upload_leaves_no_row_and_no_file(store: MediaStore, cle
 
 
 async def test_failed_commit_leaves_no_live_row_and_only_a_reconcilable_file(
-    store: MediaStore, clean_db: str
+    store: MediaStore, clean_db: str, migrated_owner_url: str
 ) -> None:
-    """The database refuses at COMMIT (deferred trigger), after the file was placed."""
-    with psycopg.connect(libpq(clean_db), autocommit=True) as conn:
+    """The database refuses at COMMIT (deferred trigger), after the file was placed.
+    The trigger is DDL: the owner's (the app role may not create one)."""
+    with psycopg.connect(libpq(migrated_owner_url), autocommit=True) as conn:
         conn.execute(
             """
             CREATE FUNCTION fail_commit() RETURNS trigger LANGUAGE plpgsql AS
@@ -121,7 +122,7 @@ async def test_failed_commit_leaves_no_live_row_and_only_a_reconcilable_file(
         with pytest.raises(DBAPIError, match="injected commit failure"):
             await store.register_upload(chunks_of(b"orphan to be"))
     finally:
-        with psycopg.connect(libpq(clean_db), autocommit=True) as conn:
+        with psycopg.connect(libpq(migrated_owner_url), autocommit=True) as conn:
             conn.execute("DROP TRIGGER fail_commit ON media_files; DROP FUNCTION fail_commit()")
     assert query(clean_db, "SELECT count(*) FROM media_files") == [(0,)]
     key = upload_key(hashlib.sha256(b"orphan to be").hexdigest())

@@ -58,7 +58,8 @@ async def test_unmigrated_database_does_not_quarantine_pending_entries(
     tmp_path: Path, databases: object
 ) -> None:
     """API (re)started against a database not migrated yet: pending entries must wait."""
-    url = databases.create("unmig")  # type: ignore[attr-defined]
+    owner_url = databases.create("unmig")  # type: ignore[attr-defined]
+    url = databases.roles.app_url(owner_url)  # type: ignore[attr-defined]  # the app's role
     root = tmp_path / "root"
     root.mkdir()
     replay, engine = _replayer(url, root)
@@ -78,8 +79,9 @@ async def test_replay_refuses_a_database_that_records_another_store(
 ) -> None:
     """Wrong MA_DATABASE_URL: uploads get 507, but the replayer must not drain the outbox
     into that database (the entries and their files belong to another one)."""
-    other_db = databases.create("other")  # type: ignore[attr-defined]
-    await asyncio.to_thread(migrations.upgrade, other_db)
+    other_owner = databases.create("other")  # type: ignore[attr-defined]
+    await asyncio.to_thread(migrations.upgrade, other_owner)
+    other_db = databases.roles.app_url(other_owner)  # type: ignore[attr-defined]  # the app's
     elsewhere = tmp_path / "elsewhere"
     record_store(other_db, elsewhere)  # that DB belongs to another root
     root = tmp_path / "root"
@@ -110,10 +112,10 @@ async def test_replay_refuses_a_database_that_records_another_store(
 
 async def test_two_databases_cannot_share_one_root(tmp_path: Path, databases: object) -> None:
     """A second deployment (fresh DB) pointed at a root another DB already records."""
-    db_a = databases.create("a")  # type: ignore[attr-defined]
-    db_b = databases.create("b")  # type: ignore[attr-defined]
-    for url in (db_a, db_b):
+    owners = [databases.create(name) for name in ("a", "b")]  # type: ignore[attr-defined]
+    for url in owners:
         await asyncio.to_thread(migrations.upgrade, url)
+    db_a, db_b = (databases.roles.app_url(url) for url in owners)  # type: ignore[attr-defined]
     root = tmp_path / "shared"
     storage = await Storage.open(storage_settings(root))
     eng_a, eng_b = create_engine(DB, db_a), create_engine(DB, db_b)

@@ -2,6 +2,8 @@
 # Entrypoint with the official postgres image's contract (a subset): reads POSTGRES_* (or
 # *_FILE), runs initdb once on an empty $PGDATA, creates POSTGRES_DB, runs
 # /docker-entrypoint-initdb.d/*.sh|*.sql, then execs postgres as the postgres user.
+# The *_FILE secrets may be root-only files (mode 0400): they are read while root, before
+# setpriv drops to postgres, and unset before postgres starts (nothing in its environment).
 set -Eeuo pipefail
 
 file_env() {
@@ -28,15 +30,27 @@ if [ "$1" != 'postgres' ]; then
     exec "$@"
 fi
 
+SECRETS=(POSTGRES_PASSWORD POSTGRES_OWNER_PASSWORD POSTGRES_APP_PASSWORD)
+for secret in "${SECRETS[@]}"; do
+    file_env "$secret"
+done
+
 if [ "$(id -u)" = '0' ]; then
+    # A fresh volume takes the image's directory (postgres, 0700). Fixing another one needs
+    # CAP_CHOWN/CAP_FOWNER, which the stack drops: say how to fix it once instead.
     mkdir -p "$PGDATA"
-    chown postgres:postgres "$PGDATA"
-    chmod 700 "$PGDATA"
+    if [ "$(stat -c %U "$PGDATA")" != 'postgres' ] || [ "$(stat -c %a "$PGDATA")" != '700' ]; then
+        if ! { chown postgres:postgres "$PGDATA" && chmod 700 "$PGDATA"; } 2>/dev/null; then
+            echo >&2 "error: $PGDATA is $(stat -c '%U:%G %a' "$PGDATA"), not postgres 700, and this" \
+                "container may not change that; once: docker run --rm --entrypoint sh -v <volume>:/d" \
+                "<this image> -c 'chown -R postgres:postgres /d && chmod 700 /d'"
+            exit 1
+        fi
+    fi
     exec setpriv --reuid=postgres --regid=postgres --init-groups "${BASH_SOURCE[0]}" "$@"
 fi
 
 file_env POSTGRES_USER postgres
-file_env POSTGRES_PASSWORD
 file_env POSTGRES_DB "$POSTGRES_USER"
 
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
@@ -67,5 +81,5 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     echo "PostgreSQL init process complete; ready for start up."
 fi
 
-unset POSTGRES_PASSWORD
+unset "${SECRETS[@]}"
 exec "$@"

@@ -4,7 +4,7 @@ Layering:
 - ``api``: the default app on the shared ``migrated_url`` + the shared Redis + a tmp storage
   root (Redis is flushed first so no cached page or media of another test leaks in).
 - ``dedicated_pg`` / ``dedicated_redis``: servers owned by one test, so fault tests can stop
-  and start them without touching the shared ones.
+  and start them without touching the shared ones (``dedicated_pg.url``: the app role).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import redis
 
 from app_patch import migrate as migrations
 from app_patch.embedded import EmbeddedPostgres, EmbeddedRedis
-from tests.conftest import free_port
+from tests.conftest import RolePostgres, free_port
 from tests.integration.api.harness import LiveApp, make_settings, running_app
 
 
@@ -47,13 +47,14 @@ async def client(api: LiveApp) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 def dedicated_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    """A PostgreSQL of this test alone, migrated to head; stopped and released at the end."""
-    server = EmbeddedPostgres(
+    """A PostgreSQL of this test alone, migrated to head (as the schema owner); stopped and
+    released at the end. Its ``url`` is the application role's, like ``migrated_url``."""
+    server = RolePostgres(
         tmp_path_factory.mktemp("dpg") / "data", database="api_fault", persistent=False
     )
     server.start()
     try:
-        migrations.upgrade(server.url)
+        migrations.upgrade(server.owner_url)
         yield server
     finally:
         server.close()  # stops it if still running; a stopped one is left as is
