@@ -159,6 +159,8 @@ def servers(env: BenchEnv, db_url: str) -> Iterator[tuple[UvicornProcess, Uvicor
         "MA_STORAGE_ROOT": str(scratch / "storage"),
         "MA_DATA_DIR": str(scratch / "data"),
         "MA_API_LOG_JSON": "true",  # as in the container
+        # throughput, not load shedding, is measured: every client may upload at once
+        "MA_API_MAX_CONCURRENT_UPLOADS": str(CLIENTS),
         "PYTHONUNBUFFERED": "0",
     }
     for name in ("DATABASE_URL", "REDIS_URL"):
