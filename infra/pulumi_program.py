@@ -9,6 +9,12 @@ spec with :func:`infra.stack.build_stack` and registers:
 * one image per service (``docker.Image`` built locally without push, or ``docker.RemoteImage``);
 * one ``docker.Container`` per service, waiting for its healthcheck (``wait=True``), hardened
   as the spec says (capabilities, no-new-privileges, read-only root, tmpfs);
+* data safety (README "Pulumi: data safety"): the managed network and every volume are
+  ``retain_on_delete`` (``pulumi destroy`` or a switch to external mode leaves them in Docker)
+  and ignore the inputs the provider would replace them for (:data:`VOLUME_IGNORE_CHANGES`,
+  :data:`NETWORK_IGNORE_CHANGES`); containers run the built image by its id (``repo_digest``),
+  and every read-back input is spelled as the provider reads it back (:func:`canonical_cpus`,
+  :func:`go_duration`), so an unchanged stack diffs to nothing;
 * its secret files as ``uploads`` (content from secret config, owner and mode from the spec).
   The Engine API refuses any upload into a container whose root filesystem is read-only
   ("container rootfs is marked read-only", even for a path inside a volume), so a read-only
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,6 +46,12 @@ from infra.stack import API_PORT, build_stack
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WAIT_TIMEOUT_S = 180
 SECRETS_REVISION_LABEL = "io.media-analysis-kit.secrets-revision"
+NETWORK_IGNORE_CHANGES = ["driver", "labels"]
+"""The network inputs we set that the provider marks ForceNew besides ``name`` (which is also
+the resource name, so a rename is a new resource, never a replacement)."""
+VOLUME_IGNORE_CHANGES = ["driver", "driverOpts", "labels"]
+"""Every ForceNew input of ``docker_volume`` except ``name`` (and ``cluster``, unused)."""
+NANO = Decimal(10) ** 9
 _LabelArgs = TypeVar(
     "_LabelArgs", docker.NetworkLabelArgs, docker.VolumeLabelArgs, docker.ContainerLabelArgs
 )
@@ -73,6 +86,7 @@ def render(
                 name=network.name,
                 driver=network.driver,
                 labels=_labels(network.labels, docker.NetworkLabelArgs),
+                opts=network_options(),
             )
             rendered.networks[network.name] = resource
             rendered.network_names[network.name] = resource.name
@@ -83,6 +97,7 @@ def render(
             volume.name,
             name=volume.name,
             labels=_labels(volume.labels, docker.VolumeLabelArgs),
+            opts=volume_options(),
         )
     for service in spec.ordered_services():
         rendered.images[service.name] = _image(service, root)
@@ -152,12 +167,18 @@ def _secret_loader(
 ) -> None:
     """The ``<name>-secrets`` volume and the never-started container that fills it."""
     name = f"{service.name}-secrets"
-    volume = docker.Volume(name, name=name, labels=_labels(service.labels, docker.VolumeLabelArgs))
+    volume = docker.Volume(
+        name,
+        name=name,
+        labels=_labels(service.labels, docker.VolumeLabelArgs),
+        opts=volume_options(),
+    )
     image = rendered.images[service.name]
     rendered.secret_volumes[service.name] = volume
     rendered.secret_loaders[service.name] = docker.Container(
         name,
         name=name,
+        # Never started: the tag is enough, and a rebuild then replaces only the service.
         image=image.image_name if isinstance(image, docker.Image) else image.image_id,
         command=["true"],
         start=False,
@@ -174,7 +195,9 @@ def _container(
     service: Service, rendered: Rendered, uploads: list[docker.ContainerUploadArgs]
 ) -> docker.Container:
     image = rendered.images[service.name]
-    image_ref = image.image_name if isinstance(image, docker.Image) else image.image_id
+    # The image id, never the tag: the provider's docs say imageName "will not cause any updates
+    # when passed to dependencies"; repoDigest is the local image id when not pushed.
+    image_ref = image.repo_digest if isinstance(image, docker.Image) else image.image_id
     depends_on: list[pulumi.Resource] = [rendered.containers[name] for name in service.depends_on]
     depends_on += [
         rendered.volumes[m.volume] for m in service.volumes if m.volume in rendered.volumes
@@ -233,7 +256,7 @@ def _container(
         restart=service.restart,
         user=service.user,
         memory=service.limits.memory_mb,
-        cpus=str(service.limits.cpus) if service.limits.cpus is not None else None,
+        cpus=canonical_cpus(service.limits.cpus) if service.limits.cpus is not None else None,
         capabilities=docker.ContainerCapabilitiesArgs(
             drops=list(hardening.cap_drop), adds=list(hardening.cap_add) or None
         ),
@@ -251,11 +274,79 @@ def _container(
 def _healthcheck(check: Healthcheck) -> docker.ContainerHealthcheckArgs:
     return docker.ContainerHealthcheckArgs(
         tests=list(check.test),
-        interval=f"{check.interval_s}s",
-        timeout=f"{check.timeout_s}s",
+        interval=go_duration(check.interval_s),
+        timeout=go_duration(check.timeout_s),
         retries=check.retries,
-        start_period=f"{check.start_period_s}s",
+        start_period=go_duration(check.start_period_s),
     )
+
+
+def network_options() -> pulumi.ResourceOptions:
+    """The managed network: shared with external-mode stacks, so never deleted by Pulumi, and
+    never replaced (a replacement would create a second network of the same name first)."""
+    return pulumi.ResourceOptions(retain_on_delete=True, ignore_changes=NETWORK_IGNORE_CHANGES)
+
+
+def volume_options() -> pulumi.ResourceOptions:
+    """Every volume: ``pulumi destroy`` leaves it (``docker volume rm`` deletes it on purpose),
+    and no input change can replace it: a create-before-delete replacement of a fixed name
+    would get the existing volume back from Docker and then delete it."""
+    return pulumi.ResourceOptions(retain_on_delete=True, ignore_changes=VOLUME_IGNORE_CHANGES)
+
+
+def provider_cpus_spelling(nano_cpus: int) -> str:
+    """How the provider reads ``HostConfig.NanoCPUs`` back into ``cpus``: a port of
+    ``nanoInt64ToDecimalString`` (terraform-provider-docker v4.5.0,
+    internal/provider/helpers.go:133-149, called from resource_docker_container_funcs.go:947):
+    ``big.Rat(n, 1e9).FloatString(9)``; if that string holds exactly nine "0" characters it
+    returns ``FloatString(1)`` (rounded half away from zero), else the string with its trailing
+    zeros trimmed (so 10 CPUs read back as "10.")."""
+    if nano_cpus == 0:
+        return "0"
+    value = Decimal(nano_cpus) / NANO
+    nine = f"{value.quantize(Decimal('1e-9'), rounding=ROUND_HALF_UP):f}"
+    if nine.count("0") == 9:
+        return f"{value.quantize(Decimal('0.1'), rounding=ROUND_HALF_UP):f}"
+    return nine.rstrip("0")
+
+
+def canonical_cpus(cpus: float | str | Decimal) -> str:
+    """``cpus`` spelled exactly as the provider reads it back, so that an unchanged value never
+    diffs (``cpus`` is ForceNew: any difference replaces the container on every ``up``).
+
+    ``ValueError`` for a value the provider cannot keep: finer than a nano-CPU (docker's
+    ``opts.ParseCPUs``: "value is too precise") or one whose read-back spelling is another
+    number (0.05 reads back as "0.1", 10.05 as "10.1"), which no spelling could stop from
+    replacing the container on every ``up``."""
+    try:
+        value = Decimal(str(cpus))
+    except InvalidOperation:
+        raise ValueError(f"cpus must be a number, not {cpus!r}") from None
+    nano = value * NANO
+    if not value.is_finite() or value <= 0 or nano != nano.to_integral_value():
+        raise ValueError(f"cpus must be a positive multiple of 1e-9, not {cpus}")
+    spelling = provider_cpus_spelling(int(nano))
+    if Decimal(spelling) != value:
+        raise ValueError(
+            f"cpus {cpus} would be read back by the docker provider as {spelling} and replace "
+            "the container on every up; choose a nearby value that keeps its spelling"
+        )
+    return spelling
+
+
+def go_duration(seconds: int) -> str:
+    """Whole seconds as Go's ``time.Duration.String()`` spells them, which is how the provider
+    reads a healthcheck's durations back (resource_docker_container_funcs.go:964-967):
+    5 -> "5s", 60 -> "1m0s", 3600 -> "1h0m0s"."""
+    if seconds < 0:
+        raise ValueError(f"a duration must not be negative, not {seconds}")
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
 
 
 def _labels(labels: Mapping[str, str], args_type: type[_LabelArgs]) -> list[_LabelArgs]:
@@ -333,6 +424,10 @@ def declare(config: pulumi.Config) -> Program:
         stack_config = config_from_source(config.get, pulumi_key)
     except ConfigError as exc:
         raise pulumi.RunError(str(exc)) from None
+    try:
+        canonical_cpus(stack_config.api_cpus)
+    except ValueError as exc:
+        raise pulumi.RunError(f"{pulumi_key('api_cpus')}: {exc}") from None
     spec = build_stack(stack_config)
     secrets = {secret.name: config.require_secret(secret.setting) for secret in spec.secrets}
     rendered = render(spec, secrets)

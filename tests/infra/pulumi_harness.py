@@ -40,8 +40,10 @@ PIDS_LIMIT = "pulumi-python:dynamic/media-analysis:PidsLimit"
 class RecordingMocks(pulumi.runtime.Mocks):
     """Official mocks: outputs echo inputs, plus the ids a real provider would add."""
 
-    def __init__(self) -> None:
+    def __init__(self, image_ids: dict[str, str] | None = None) -> None:
         super().__init__()
+        self.image_ids = image_ids or {}
+        self.image_tags: dict[str, str] = {}
         self.resources: list[pulumi.runtime.MockResourceArgs] = []
         self.calls: list[pulumi.runtime.MockCallArgs] = []
 
@@ -50,6 +52,11 @@ class RecordingMocks(pulumi.runtime.Mocks):
         outputs = dict(args.inputs)
         if args.typ == REMOTE_IMAGE:
             outputs["imageId"] = f"sha256:{args.name}"
+        if args.typ == IMAGE:  # a local build: the provider sets repoDigest to the image id
+            outputs["repoDigest"] = self.image_ids.get(args.name, f"sha256:{args.name}")
+            self.image_tags[outputs["repoDigest"]] = args.inputs["imageName"]
+        if args.typ == REMOTE_IMAGE:
+            self.image_tags[outputs["imageId"]] = args.inputs["name"]
         return f"{args.name}-id", outputs
 
     def call(
@@ -68,10 +75,27 @@ class RecordingMonitor(MockMonitor):
     def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
         super().__init__(mocks)
         self.dependencies: dict[str, list[str]] = {}
+        self.options: dict[tuple[str, str], Options] = {}
 
     def RegisterResource(self, request: Any) -> Any:
         self.dependencies[request.name] = list(request.dependencies)
+        self.options[(request.type, request.name)] = Options(
+            retain_on_delete=bool(request.retainOnDelete),
+            protect=bool(request.protect),
+            delete_before_replace=bool(request.deleteBeforeReplace),
+            ignore_changes=tuple(request.ignoreChanges),
+        )
         return super().RegisterResource(request)
+
+
+@dataclass(frozen=True)
+class Options:
+    """The resource options the program sent with one registration (what the engine keeps)."""
+
+    retain_on_delete: bool
+    protect: bool
+    delete_before_replace: bool
+    ignore_changes: tuple[str, ...]
 
 
 @dataclass
@@ -80,6 +104,9 @@ class Run:
     resources: list[pulumi.runtime.MockResourceArgs]
     calls: list[pulumi.runtime.MockCallArgs]
     dependencies: dict[str, list[str]]
+    options: dict[tuple[str, str], Options] = field(default_factory=dict)
+    image_tags: dict[str, str] = field(default_factory=dict)
+    """Image id (what a container's ``image`` holds) -> the tag it was built or pulled as."""
     outputs: dict[str, Any] = field(default_factory=dict)
 
     def of_type(self, typ: str) -> dict[str, dict[str, Any]]:
@@ -105,11 +132,16 @@ def fresh_event_loop() -> None:
     asyncio.set_event_loop(asyncio.new_event_loop())
 
 
-def run_program(settings: dict[str, str], passwords: dict[str, str] | None = None) -> Run:
+def run_program(
+    settings: dict[str, str],
+    passwords: dict[str, str] | None = None,
+    image_ids: dict[str, str] | None = None,
+) -> Run:
     """Declare the stack with ``settings`` (Pulumi config keys without the project prefix)
-    and the given passwords (default :data:`PASSWORDS`), resolving the stack outputs."""
+    and the given passwords (default :data:`PASSWORDS`), resolving the stack outputs;
+    ``image_ids`` gives the id a local build returns, by Image resource name."""
     fresh_event_loop()
-    mocks = RecordingMocks()
+    mocks = RecordingMocks(image_ids)
     monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack="test", preview=False, monitor=monitor)
     secrets = PASSWORDS if passwords is None else passwords
@@ -128,7 +160,13 @@ def run_program(settings: dict[str, str], passwords: dict[str, str] | None = Non
 
     program()
     return Run(
-        holder["program"], mocks.resources, mocks.calls, monitor.dependencies, holder["outputs"]
+        holder["program"],
+        mocks.resources,
+        mocks.calls,
+        monitor.dependencies,
+        monitor.options,
+        mocks.image_tags,
+        holder["outputs"],
     )
 
 

@@ -40,11 +40,16 @@ def _compose_files(
     return files
 
 
-def _pulumi_view(inputs: dict[str, Any], files: dict[str, Any], pids: int | None) -> dict[str, Any]:
+def _pulumi_view(
+    inputs: dict[str, Any],
+    files: dict[str, Any],
+    pids: int | None,
+    image_tags: dict[str, str],
+) -> dict[str, Any]:
     check = inputs["healthcheck"]
     capabilities = inputs.get("capabilities") or {}
     return {
-        "image": inputs["image"],
+        "image": image_tags.get(inputs["image"], inputs["image"]),
         "env": env_of(inputs),
         "files": files,
         "cap_drop": capabilities.get("drops", []),
@@ -147,6 +152,7 @@ def test_pulumi_and_compose_renderings_agree(settings: dict[str, str], tmp_path:
             run.containers[service.name],
             secret_files_of(run, service.name),
             pids.get(f"{service.name}-id"),
+            run.image_tags,
         )
         rendered = document["services"][service.name]
         in_compose = _compose_view(rendered, _compose_files(rendered, document, base_dir))

@@ -6,6 +6,7 @@ import hashlib
 import json
 import runpy
 from dataclasses import fields
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -14,7 +15,13 @@ import pytest
 import yaml
 
 from infra.config import STACK_SECRETS, StackConfig, config_from_source, pulumi_key
-from infra.pulumi_program import SECRETS_REVISION_LABEL
+from infra.pulumi_program import (
+    NETWORK_IGNORE_CHANGES,
+    SECRETS_REVISION_LABEL,
+    VOLUME_IGNORE_CHANGES,
+    canonical_cpus,
+    provider_cpus_spelling,
+)
 from infra.stack import API_UID, API_USER, STORAGE_ROOT
 from tests.infra.pulumi_harness import (
     CONTAINER,
@@ -27,6 +34,7 @@ from tests.infra.pulumi_harness import (
     REMOTE_IMAGE,
     VOLUME,
     RecordingMocks,
+    Run,
     env_of,
     fresh_event_loop,
     is_secret,
@@ -386,3 +394,189 @@ def test_documented_dev_stack_config_is_the_defaults() -> None:
 
     assert set(values) == known
     assert config_from_source(values.get, pulumi_key) == StackConfig()
+
+
+# --- data safety (infra/README.md, "Pulumi: data safety") ---------------------------------
+
+DATA_VOLUMES = {"pg-data", "redis-data", "media-storage"}
+
+
+def test_volumes_and_the_network_are_retained_and_never_replaced() -> None:
+    run = run_program({})
+
+    volumes = {name: opts for (typ, name), opts in run.options.items() if typ == VOLUME}
+    assert set(volumes) == DATA_VOLUMES | {LOADER}
+    for name, opts in volumes.items():
+        assert opts.retain_on_delete, f"pulumi destroy would delete {name}"
+        assert not opts.protect, "invoke down --volumes must still be able to remove it"
+        assert not opts.delete_before_replace
+        # Every ForceNew input of docker_volume but name (the resource name too).
+        assert set(opts.ignore_changes) == set(VOLUME_IGNORE_CHANGES)
+    assert set(VOLUME_IGNORE_CHANGES) == {"driver", "driverOpts", "labels"}
+    network = run.options[(NETWORK, "af-network")]
+    assert network.retain_on_delete and not network.protect
+    assert set(network.ignore_changes) == {"driver", "labels"}
+    # The volumes' and network's inputs are only what the ignore lists cover, plus name.
+    for name, inputs in run.of_type(VOLUME).items():
+        assert set(inputs) - set(VOLUME_IGNORE_CHANGES) == {"name"}, name
+    assert set(run.of_type(NETWORK)["af-network"]) - set(NETWORK_IGNORE_CHANGES) == {"name"}
+
+
+def test_containers_are_not_retained_so_their_replacement_works() -> None:
+    """The provider replaces docker_container delete-first (pulumi-docker
+    provider/resources.go:114, DeleteBeforeReplace); retain_on_delete would skip that delete
+    and the new container's fixed name would then conflict with the old one."""
+    run = run_program({})
+
+    for name in (PG, REDIS, API, LOADER):
+        assert not run.options[(CONTAINER, name)].retain_on_delete, name
+
+
+def test_a_rebuilt_api_image_changes_only_the_api_containers_image() -> None:
+    before = run_program({}, image_ids={f"{API}-image": "sha256:" + "a" * 64})
+    after = run_program({}, image_ids={f"{API}-image": "sha256:" + "b" * 64})
+
+    assert before.containers[API]["image"] == "sha256:" + "a" * 64
+    assert after.containers[API]["image"] == "sha256:" + "b" * 64
+    old, new = inputs_by_resource(before), inputs_by_resource(after)
+    assert set(old) == set(new)
+    changed = {
+        (*resource, key)
+        for resource in old
+        for key in set(old[resource]) | set(new[resource])
+        if old[resource].get(key) != new[resource].get(key)
+    }
+    assert changed == {(CONTAINER, API, "image")}
+    # Every service runs its image by id, never by tag.
+    for name in (PG, REDIS, API):
+        assert before.containers[name]["image"].startswith("sha256:"), name
+
+
+def test_a_second_run_without_change_declares_identical_inputs_and_options() -> None:
+    first, second = run_program({"apiCpus": "10"}), run_program({"apiCpus": "10"})
+
+    assert inputs_by_resource(first) == inputs_by_resource(second)
+    assert first.options == second.options
+
+
+def inputs_by_resource(run: Run) -> dict[tuple[str, str], dict[str, object]]:
+    """Every registration's inputs (secrets unwrapped), by type and name: the order in which
+    resources register is not fixed."""
+    registered = {(r.typ, r.name): unwrap(r.inputs) for r in run.resources}
+    assert len(registered) == len(run.resources)
+    return registered
+
+
+def test_read_back_inputs_are_spelled_as_the_provider_reads_them() -> None:
+    run = run_program({"apiCpus": "10"})
+    api = run.containers[API]
+
+    assert api["cpus"] == "10."
+    assert api["cpus"] == go_nano_to_decimal_string(int(Decimal(api["cpus"]) * 10**9))
+    for name in (PG, REDIS, API):
+        check = run.containers[name]["healthcheck"]
+        for key in ("interval", "timeout", "startPeriod"):
+            assert check[key] == go_duration_string(int(check[key].rstrip("s"))), (name, key)
+
+
+def go_nano_to_decimal_string(nano: int) -> str:
+    """terraform-provider-docker v4.5.0 internal/provider/helpers.go:133-149, literally:
+
+        rat := new(big.Rat).SetFrac64(nanoInt64, 1e9)
+        str := rat.FloatString(9)
+        if strings.Count(str, "0") == 9 { return rat.FloatString(1) }
+        str = strings.TrimRight(str, "0")
+    (big.Rat.FloatString rounds its last digit half away from zero.)"""
+    if nano == 0:
+        return "0"
+    whole, frac = divmod(nano, 10**9)
+    text = f"{whole}.{frac:09d}"
+    if text.count("0") == 9:
+        tenths = (nano + 5 * 10**7) // 10**8  # positive: half away from zero
+        return f"{tenths // 10}.{tenths % 10}"
+    return text.rstrip("0")
+
+
+def go_duration_string(seconds: int) -> str:
+    """Go's time.Duration(seconds * time.Second).String()."""
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return (
+        f"{hours}h{minutes}m{secs}s" if hours else f"{minutes}m{secs}s" if minutes else f"{secs}s"
+    )
+
+
+@pytest.mark.parametrize(
+    ("nano", "expected"),
+    # helpers_test.go:35-40 (the provider's own table), then values the issue names.
+    [
+        (0, "0"),
+        (10**9, "1.0"),
+        (1_500_000_000, "1.5"),
+        (2 * 10**9, "2.0"),
+        (2_250_000_000, "2.25"),
+        (10 * 10**9, "10."),
+        (5 * 10**7, "0.1"),
+        (105 * 10**6, "0.105"),
+    ],
+)
+def test_provider_spelling_port_matches_the_providers_table(nano: int, expected: str) -> None:
+    assert go_nano_to_decimal_string(nano) == expected
+    assert provider_cpus_spelling(nano) == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["1.0", "1", "1.5", "2.25", "10", "20", "64", "0.5", "0.25", "0.105", "3.333", "0.011"]
+)
+def test_canonical_cpus_is_a_fixed_point_of_the_providers_read_back(value: str) -> None:
+    spelled = canonical_cpus(value)
+    nano = int(Decimal(spelled) * 10**9)
+
+    assert Decimal(spelled) == Decimal(value)  # the same number of CPUs...
+    assert go_nano_to_decimal_string(nano) == spelled  # ...spelled as it comes back
+    assert canonical_cpus(spelled) == spelled
+
+
+@pytest.mark.parametrize("value", ["0.05", "10.05", "0.001", "0", "-1", "1e-10", "x"])
+def test_cpus_the_provider_cannot_keep_are_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="cpus"):
+        canonical_cpus(value)
+
+
+def test_unkeepable_api_cpus_fails_naming_the_setting() -> None:
+    with pytest.raises(pulumi.RunError) as error:
+        run_program({"apiCpus": "0.05"})
+
+    assert "apiCpus: cpus 0.05 would be read back by the docker provider as 0.1" in str(error.value)
+
+
+def test_switching_managed_to_external_deletes_no_data_and_not_the_network() -> None:
+    managed = run_program({"mode": "managed"})
+    external = run_program({"mode": "external"}, EXTERNAL_PASSWORDS)
+
+    dropped = set(managed.options) - set(external.options)
+    kept = {key for key in dropped if managed.options[key].retain_on_delete}
+    assert kept == {(NETWORK, "af-network"), (VOLUME, "pg-data"), (VOLUME, "redis-data")}
+    # What the switch does delete holds no data: the servers' containers (their data is in the
+    # retained volumes), their images (Image delete is a no-op, provider.go:490-495; RemoteImage
+    # keeps the image locally) and their pids limits. README: "Pulumi: data safety".
+    assert dropped - kept == {
+        (CONTAINER, PG),
+        (CONTAINER, REDIS),
+        (IMAGE, f"{PG}-image"),
+        (IMAGE, f"{REDIS}-image"),
+        (PIDS_LIMIT, f"{PG}-pids"),
+        (PIDS_LIMIT, f"{REDIS}-pids"),
+    }
+    # Whatever both modes declare keeps the same options.
+    for key in set(managed.options) & set(external.options):
+        assert managed.options[key] == external.options[key], key
+
+
+def test_image_ids_lead_back_to_the_tags_compose_uses() -> None:
+    run = run_program({"buildLocalImages": "false", "postgresImage": "postgres:16"})
+
+    assert {name: run.image_tags[run.containers[name]["image"]] for name in (PG, API)} == {
+        PG: "postgres:16",
+        API: "media-analysis-kit/api:latest",
+    }
