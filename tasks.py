@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from docker.errors import DockerException
 from dotenv import load_dotenv
 from invoke import Collection, Context, Exit, task
 from rich.console import Console
@@ -24,6 +27,7 @@ from app_patch.db import redacted
 from app_patch.errors import one_line_errors
 from app_patch.settings import get_settings
 from infra import in_stack, stack_ops, tasks_infra
+from infra.docker_host import engine_address
 from infra.secrets_file import STACK_ENV, ensure_stack_env
 from infra.verify_containers import report
 
@@ -84,7 +88,7 @@ def migrate(c: Context, revision: str = "head") -> None:
 def db_status(c: Context) -> None:
     """Current revision, pending revisions and row counts per table."""
     with one_line_errors():
-        url = stack_ops.target_database_url()
+        url = stack_ops.status_database_url()  # read-only: starts no server
         state = migrations.status(url)
     console.print(f"database: {redacted(url)}")
     console.print(f"current revision: {state.current or 'base'}   head: {state.head}")
@@ -100,12 +104,15 @@ def db_status(c: Context) -> None:
         "engine": "pulumi, compose or embedded (default: the first this machine has)",
         "no_build": "reuse the images already built",
         "no_verify": "skip the checks after migrating",
+        "port": "the embedded engine's local API port (default MA_API_PORT)",
     }
 )
-def up(c: Context, engine: str = "", no_build: bool = False, no_verify: bool = False) -> None:
+def up(
+    c: Context, engine: str = "", no_build: bool = False, no_verify: bool = False, port: int = 0
+) -> None:
     """The main job: start the stack, migrate it to head, verify it."""
-    with one_line_errors(), tasks_infra.clear_errors():
-        endpoints = stack_ops.up(engine=engine or None, build=not no_build, log=_log)
+    with _stack_errors():
+        endpoints = stack_ops.up(engine=engine or None, build=not no_build, log=_log, port=port)
         console.print(f"[green]up[/green] with the {endpoints.engine} engine")
         migration = stack_ops.migrate(endpoints)
         console.print(f"schema: {migration.from_revision or 'base'} -> {migration.to_revision}")
@@ -132,15 +139,29 @@ def down(c: Context, volumes: bool = False) -> None:
 @task
 def verify(c: Context) -> None:
     """Smoke checks plus testinfra checks of the running stack; non-zero exit on failure."""
-    with one_line_errors(), tasks_infra.clear_errors():
-        endpoints = stack_ops.current_endpoints()
+    with _stack_errors():
+        endpoints = stack_ops.recorded_endpoints()  # read-only: starts nothing
     _verify_or_exit(endpoints)
 
 
 def _verify_or_exit(endpoints: stack_ops.StackEndpoints) -> None:
-    code = report(stack_ops.verify(endpoints), console)
+    with _stack_errors():
+        results = stack_ops.verify(endpoints)
+    code = report(results, console)
     if code:
         raise Exit(code=code)
+
+
+@contextmanager
+def _stack_errors() -> Iterator[None]:
+    """``up``/``verify``: every expected failure as one ``error:`` line, exit code 1 (the
+    Docker SDK's own errors too, e.g. the engine going away mid-way)."""
+    with one_line_errors(), tasks_infra.clear_errors():
+        try:
+            yield
+        except DockerException as exc:
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise Exit(f"error: Docker engine at {engine_address()}: {detail}", code=1) from None
 
 
 @task(help={"host": "bind address (MA_API_HOST)", "port": "port (MA_API_PORT)"})

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import uuid
 from typing import Literal
 
 from fastapi import APIRouter, Request, Response
@@ -17,8 +20,19 @@ DependencyState = Literal["ok", "degraded", "down"]
 PROBE_TIMEOUT_S = 2.0
 
 
+def _instance_id() -> str:
+    """Random per process; ``MA_API_INSTANCE_ID`` (32 hex digits) when the process that
+    spawned this one chose it (``infra.local_api``), so it can tell its API from another."""
+    given = os.environ.get("MA_API_INSTANCE_ID", "").strip()
+    return given if re.fullmatch(r"[0-9a-f]{32}", given) else uuid.uuid4().hex
+
+
+INSTANCE_ID = _instance_id()
+
+
 class Live(BaseModel):
     status: Literal["ok"] = "ok"
+    instance: str = Field(default=INSTANCE_ID, description="this process's id (random per process)")
 
 
 class AreaFigures(BaseModel):

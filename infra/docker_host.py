@@ -1,24 +1,24 @@
-"""The local Docker engine: reach it, start it when installed but not running, inspect it."""
+"""The local Docker engine (``DOCKER_HOST`` or the default socket): probe it, inspect it.
+
+Nothing here starts a daemon: ``scripts/bootstrap`` (``infra/ci_docker.sh``) does that."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
+from collections.abc import Mapping
 from contextlib import closing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import docker
 from docker.errors import DockerException, NotFound
 
-DOCKERD_LOG = Path("/tmp/dockerd.log")
+DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 
 
 class DockerUnavailable(RuntimeError):
-    """No Docker engine answers and none could be started."""
+    """No Docker engine answers (tasks never start one)."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,15 @@ def client(timeout_s: int = 60) -> docker.DockerClient:
     return docker.from_env(timeout=timeout_s)
 
 
+def engine_address(environ: Mapping[str, str] | None = None) -> str:
+    """Where the Docker SDK (``docker.from_env``) looks for an engine: ``DOCKER_HOST``, else
+    the default socket."""
+    env = os.environ if environ is None else environ
+    return env.get("DOCKER_HOST", "").strip() or DEFAULT_SOCKET
+
+
 def daemon_answers(timeout_s: int = 3) -> bool:
+    """A probe, nothing more: True when the engine at :func:`engine_address` answers a ping."""
     try:
         with closing(docker.from_env(timeout=timeout_s)) as probe:
             return bool(probe.ping())
@@ -45,31 +53,23 @@ def daemon_answers(timeout_s: int = 3) -> bool:
         return False
 
 
-def ensure_dockerd(timeout_s: float = 60.0, log_path: Path = DOCKERD_LOG) -> bool:
-    """Make sure an engine answers; start ``dockerd`` in the background when it is installed
-    but not running. Returns True when this call started it."""
-    if daemon_answers():
-        return False
-    dockerd = shutil.which("dockerd")
-    if dockerd is None:
-        raise DockerUnavailable("no Docker engine answers and dockerd is not installed")
-    if os.geteuid() != 0:
-        raise DockerUnavailable("no Docker engine answers and starting dockerd needs root")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
-        subprocess.Popen(
-            [dockerd],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
+def require_engine() -> None:
+    """Raise :class:`DockerUnavailable` (one line: what to run) unless an engine answers.
+
+    Never starts one: tasks only probe. ``scripts/bootstrap`` (through ``infra/ci_docker.sh``)
+    is the one place that starts ``dockerd``."""
+    if not daemon_answers():
+        raise DockerUnavailable(
+            f"no Docker engine answers at {engine_address()}: start it (scripts/bootstrap "
+            "does) or choose --engine embedded"
         )
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if daemon_answers():
-            return True
-        time.sleep(0.5)
-    raise DockerUnavailable(f"dockerd did not answer within {timeout_s:.0f}s (see {log_path})")
+
+
+def ensure_dockerd() -> bool:
+    """Kept for existing callers: the same as :func:`require_engine` (it starts nothing any
+    more). Returns False: this call never started an engine."""
+    require_engine()
+    return False
 
 
 def container_state(name: str) -> ContainerState:

@@ -1,7 +1,8 @@
 """Bring the stack up or down with the best engine this machine has.
 
 1. ``pulumi``: the Pulumi CLI is installed and a stack is selected -> ``pulumi up``.
-2. ``compose``: a Docker engine answers (``dockerd`` is started when installed but idle) ->
+2. ``compose``: a Docker engine answers at ``DOCKER_HOST`` or the default socket (only
+   probed: tasks never start ``dockerd``, ``scripts/bootstrap`` does) ->
    images built locally, the rendered compose file started by the compose CLI, or the same
    spec applied through the Docker API when no compose CLI is installed
    (``MA_INFRA_COMPOSE_RUNNER=cli|docker-py`` forces one).
@@ -94,12 +95,8 @@ def pulumi_stack_selected() -> bool:
 
 
 def docker_usable() -> bool:
-    """A Docker engine answers (after starting an installed ``dockerd``)."""
-    try:
-        docker_host.ensure_dockerd()
-    except docker_host.DockerUnavailable:
-        return False
-    return True
+    """A Docker engine answers (a probe: nothing is started)."""
+    return docker_host.daemon_answers()
 
 
 def compose_runner() -> str:
@@ -144,6 +141,8 @@ def up(
     """Start the stack; config and passwords default to the ``MA_INFRA_*`` environment."""
     kind = choose_engine(engine)
     log(f"engine: {kind}")
+    if kind is Engine.COMPOSE:
+        docker_host.require_engine()  # first: no engine makes every other problem moot
     if kind is Engine.PULUMI:
         endpoints = _pulumi_up(log)
         _save_state(kind, None)
@@ -151,8 +150,11 @@ def up(
     config = config if config is not None else config_from_env(os.environ)
     config.validate()
     if kind is Engine.EMBEDDED:
+        from app_patch.settings import get_settings
+
         endpoints = embedded_up()
-        _save_state(kind, config)
+        data_dir = str(get_settings().data_dir.resolve())  # verify finds it without MA_DATA_DIR
+        _save_state(kind, config, {"redis_url": endpoints.redis_url, "data_dir": data_dir})
         return endpoints
     if secrets is None:
         secrets = secrets_from_env(os.environ, secrets_for(config.mode))
@@ -178,7 +180,7 @@ def down(
     if kind is Engine.PULUMI:
         _pulumi(["destroy", "--yes", "--skip-preview"], log)
     elif kind is Engine.COMPOSE:
-        docker_host.ensure_dockerd()
+        docker_host.require_engine()
         spec = build_stack(config)
         if compose_runner() == "cli":
             compose_engine.down(spec, remove_volumes=remove_volumes, log=log)
@@ -245,7 +247,6 @@ def _compose_up(
     timeout_s: float,
     log: Log,
 ) -> StackEndpoints:
-    docker_host.ensure_dockerd()
     spec = build_stack(config)
     if config.mode == "external":
         _check_external(config)
@@ -316,6 +317,53 @@ def embedded_up() -> StackEndpoints:
     return StackEndpoints(Engine.EMBEDDED, urls.owner, redis, None, urls.app)
 
 
+def embedded_attach() -> StackEndpoints | None:
+    """The recorded embedded stack's endpoints when its PostgreSQL runs, else None. Starts
+    nothing and changes nothing (for read-only tasks): the roles were made by ``up``. Redis
+    and the local API are the ones ``up`` recorded, whether they still run or not (the checks
+    tell)."""
+    from app_patch.db_roles import EMBEDDED_APP, EMBEDDED_OWNER, role_url
+    from app_patch.embedded import EMBEDDED_DB_NAME
+
+    state = _load_state()
+    socket_dir = _running_postmaster_socket(embedded_data_dir() / "pg")
+    if socket_dir is None:
+        return None
+    admin = f"postgresql+psycopg://postgres@/{EMBEDDED_DB_NAME}?host={socket_dir}"
+    return StackEndpoints(
+        Engine.EMBEDDED,
+        role_url(admin, EMBEDDED_OWNER, database=EMBEDDED_DB_NAME),
+        state.get("redis_url"),
+        recorded_local_api(),
+        role_url(admin, EMBEDDED_APP, database=EMBEDDED_DB_NAME),
+    )
+
+
+def embedded_data_dir() -> Path:
+    """The embedded servers' data dir the last ``up`` recorded, else the settings' one."""
+    from app_patch.settings import get_settings
+
+    recorded = _load_state().get("data_dir")
+    return Path(recorded) if recorded else get_settings().data_dir
+
+
+def _running_postmaster_socket(pgdata: Path) -> str | None:
+    """The socket directory in ``postmaster.pid`` when that postmaster is alive."""
+    try:
+        lines = (pgdata / "postmaster.pid").read_text(encoding="utf-8").splitlines()
+        pid = int(lines[0])
+        socket_dir = lines[4].strip()
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return socket_dir or None
+
+
 def _embedded_down() -> None:
     from app_patch.embedded import EmbeddedPostgres, EmbeddedRedis
     from app_patch.settings import get_settings
@@ -366,15 +414,35 @@ def recorded_engine() -> Engine | None:
     return Engine(engine) if engine else None
 
 
+def record_local_api(url: str) -> None:
+    """Note in the record that this stack has a local API at ``url`` (the embedded engine):
+    from then on ``verify`` expects it, and fails when it is missing or not ours."""
+    state = _load_state()
+    state["local_api"] = url
+    _write_state(state)
+
+
+def recorded_local_api() -> str | None:
+    """The local API's URL the last ``up`` recorded (embedded engine), when there is one."""
+    url = _load_state().get("local_api")
+    return str(url) if url else None
+
+
 def recorded_config() -> StackConfig | None:
     """The config the last ``up`` used, when it is recorded."""
     state = _load_state()
     return StackConfig(**state["config"]) if state.get("config") else None
 
 
-def _save_state(kind: Engine, config: StackConfig | None) -> None:
-    STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
+def _save_state(
+    kind: Engine, config: StackConfig | None, extra: Mapping[str, Any] | None = None
+) -> None:
     state = {"engine": str(kind), "config": asdict(config) if config is not None else None}
+    _write_state({**state, **(extra or {})})
+
+
+def _write_state(state: Mapping[str, Any]) -> None:
+    STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
     STATE_FILE.write_text(json.dumps(state, indent=2), encoding="utf-8")
 
 

@@ -38,23 +38,70 @@ from infra.verify_containers import CheckResult, run_checks
 Log = Callable[[str], None]
 
 
+NOTHING_STARTED = "nothing was started by this checkout: run invoke up first"
+
+
 def current_endpoints() -> StackEndpoints:
-    """Endpoints of the stack ``up`` started (passwords from the environment), or of the
-    embedded default when nothing was started."""
+    """For the tasks that write (migrate, retention, outbox): endpoints of the stack ``up``
+    started (passwords from the environment), or of the embedded default when nothing was
+    started (its servers are started when needed). Read-only tasks use
+    :func:`recorded_endpoints`, which starts nothing."""
     kind = stack_engine.recorded_engine()
     if kind in {Engine.COMPOSE, Engine.PULUMI}:
-        config = stack_engine.recorded_config() or config_from_env(os.environ)
-        secrets = secrets_from_env(os.environ, secrets_for(config.mode))
-        return stack_engine.compose_endpoints(config, secrets, kind)
+        return _container_endpoints(kind)
     settings = get_settings()
     embedded = stack_engine.embedded_up()
     redis_url = settings.redis.url.get_secret_value() if settings.redis.url else embedded.redis_url
-    api_url = None
-    if local_api.running_pid() is not None:
-        api_url = f"http://{settings.api.host}:{settings.api.port}"
+    api_url = stack_engine.recorded_local_api() if kind is Engine.EMBEDDED else None
     return StackEndpoints(
         Engine.EMBEDDED, embedded.database_url, redis_url, api_url, embedded.app_database_url
     )
+
+
+def recorded_endpoints() -> StackEndpoints:
+    """For read-only tasks (verify, db-status): the stack this checkout's ``up`` recorded,
+    found without starting anything. With no record, the database MA_DB_URL names
+    explicitly; with neither, an :class:`OperatorError` (:data:`NOTHING_STARTED`)."""
+    settings = get_settings()
+    kind = stack_engine.recorded_engine()
+    if kind in {Engine.COMPOSE, Engine.PULUMI}:
+        return _container_endpoints(kind)
+    if kind is Engine.EMBEDDED:
+        endpoints = stack_engine.embedded_attach()
+        if endpoints is None:
+            raise OperatorError(
+                f"the embedded PostgreSQL that invoke up started "
+                f"({stack_engine.embedded_data_dir() / 'pg'}) "
+                "is not running: run invoke up"
+            )
+        return endpoints
+    if settings.db.url is None:
+        raise OperatorError(NOTHING_STARTED)
+    app_url = settings.db.url.get_secret_value()
+    owner_url = migration_url(settings)
+    return StackEndpoints(
+        Engine.EMBEDDED,  # checked from here, like the embedded stack
+        owner_url,
+        settings.redis.url.get_secret_value() if settings.redis.url else None,
+        None,
+        app_url if owner_url != app_url else None,  # a single-role setup has no app role
+    )
+
+
+def _container_endpoints(kind: Engine) -> StackEndpoints:
+    docker_host.require_engine()
+    try:
+        config = stack_engine.recorded_config() or config_from_env(os.environ)
+        secrets = secrets_from_env(os.environ, secrets_for(config.mode))
+    except ConfigError as exc:
+        raise OperatorError(str(exc)) from None
+    try:
+        return stack_engine.compose_endpoints(config, secrets, kind)
+    except (DockerException, LookupError) as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise OperatorError(
+            f"the recorded {kind} stack is not running ({detail}): run invoke up"
+        ) from None
 
 
 def target_database_url() -> str:
@@ -64,6 +111,15 @@ def target_database_url() -> str:
     if settings.db.migration_url is not None or settings.db.url is not None:
         return migration_url(settings)
     return current_endpoints().database_url
+
+
+def status_database_url() -> str:
+    """For db-status (read-only): like :func:`target_database_url`, but never starts a server:
+    the explicit URLs, else the recorded stack's owner, else :data:`NOTHING_STARTED`."""
+    settings = get_settings()
+    if settings.db.migration_url is not None or settings.db.url is not None:
+        return migration_url(settings)
+    return recorded_endpoints().database_url
 
 
 def target_app_database_url() -> str:
@@ -175,14 +231,27 @@ def ensure_db_roles(
     return config, redacted(url)
 
 
-def up(*, engine: str | None, build: bool, log: Log) -> StackEndpoints:
-    endpoints = stack_engine.up(engine=engine, build=build, migrate=False, log=log)
+def up(*, engine: str | None, build: bool, log: Log, port: int = 0) -> StackEndpoints:
+    """Start the stack; the embedded engine also gets a local API (on ``port``, default
+    MA_API_PORT), whose port is checked before any server starts."""
+    kind = stack_engine.choose_engine(engine)  # a probe: starts nothing
+    settings = get_settings()
+    if port and kind is not Engine.EMBEDDED:
+        raise OperatorError(
+            f"--port is for the embedded engine's local API; the {kind} stack publishes its "
+            "API on MA_INFRA_API_HOST_PORT"
+        )
+    host, api_port = settings.api.host, port or settings.api.port
+    if kind is Engine.EMBEDDED:
+        local_api.check_can_start(host, api_port)
+    endpoints = stack_engine.up(engine=kind, build=build, migrate=False, log=log)
     if endpoints.engine is Engine.EMBEDDED:
-        settings = get_settings()
+        stack_engine.record_local_api(f"http://{host}:{api_port}")  # verify expects it now
         env = {"MA_DB_URL": endpoints.app_database_url or endpoints.database_url}
         if endpoints.redis_url:
             env["MA_REDIS_URL"] = endpoints.redis_url
-        api_url = local_api.start(env, settings.api.host, settings.api.port)
+        api_url = local_api.start(env, host, api_port)
+        log(f"local API pid {local_api.running_pid()} answers as ours on {api_url}")
         endpoints = dataclasses.replace(endpoints, api_url=api_url)
     return endpoints
 
@@ -198,7 +267,12 @@ def down(*, volumes: bool, log: Log) -> Engine:
 
 
 def verify(endpoints: StackEndpoints) -> list[CheckResult]:
-    """Smoke checks for every engine, plus the testinfra container checks for containers."""
+    """Smoke checks for every engine, plus the testinfra container checks for containers.
+
+    A local API the stack records must be running and answer as ours (its instance id) first:
+    a :class:`local_api.LocalApiError` (one line, with the API log's cause) otherwise."""
+    if endpoints.engine is Engine.EMBEDDED and endpoints.api_url is not None:
+        local_api.confirm(endpoints.api_url)
     local_storage: Path | None = None
     app_database_url = None  # containers: verify_containers checks the API's own URL file
     if endpoints.engine is Engine.EMBEDDED:

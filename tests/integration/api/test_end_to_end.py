@@ -256,7 +256,8 @@ async def test_history_created_range_filter(client: httpx.AsyncClient) -> None:
 async def test_health_and_metrics(client: httpx.AsyncClient) -> None:
     live = await client.get("/health/live")
     assert live.status_code == 200, describe(live)
-    assert live.json() == {"status": "ok"}
+    assert live.json()["status"] == "ok"
+    assert len(live.json()["instance"]) == 32, "an id that tells this process from another"
 
     ready = await client.get("/health/ready")
     assert ready.status_code == 200, describe(ready)
