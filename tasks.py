@@ -28,6 +28,7 @@ from app_patch.errors import one_line_errors
 from app_patch.settings import get_settings
 from infra import in_stack, stack_ops, tasks_infra
 from infra.docker_host import engine_address
+from infra.engine import Engine, down_plan
 from infra.secrets_file import STACK_ENV, ensure_stack_env
 from infra.verify_containers import report
 
@@ -128,12 +129,45 @@ def up(
         _verify_or_exit(endpoints)
 
 
-@task(help={"volumes": "also delete the stack's volumes (its data)"})
-def down(c: Context, volumes: bool = False) -> None:
-    """Stop what `up` started; data is kept unless --volumes."""
+@task(
+    help={
+        "volumes": "also delete the stack's volumes (its data): names them, asks on a terminal",
+        "yes": "with --volumes: delete without asking (needed when there is no terminal)",
+    }
+)
+def down(c: Context, volumes: bool = False, yes: bool = False) -> None:
+    """Stop what `up` started; data is kept unless --volumes (confirmed, or --yes)."""
     with one_line_errors(), tasks_infra.clear_errors():
-        kind = stack_ops.down(volumes=volumes, log=_log)
+        plan = down_plan()  # changes nothing
+        delete = volumes and bool(plan.deletable)
+        if delete:
+            what = f"will delete volumes {', '.join(plan.deletable)} (all the history and files)"
+            if not yes:
+                if not sys.stdin.isatty():
+                    raise Exit(
+                        f"error: {what}: no terminal to confirm on, nothing deleted; "
+                        "rerun with --yes to delete them",
+                        code=1,
+                    )
+                console.print(f"[yellow]{what}[/yellow]")
+                answer = console.input("type [bold]yes[/bold] to delete them: ")
+                if answer.strip().lower() != "yes":
+                    raise Exit("error: not confirmed: nothing stopped or deleted", code=1)
+            else:
+                console.print(what)
+        kind = stack_ops.down(volumes=delete, log=_log)
     console.print(f"[green]down[/green] ({kind})")
+    if delete:
+        console.print(f"deleted volumes {', '.join(plan.deletable)}")
+    elif volumes and kind is Engine.PULUMI:
+        console.print("the pulumi engine retains its volumes on destroy: none deleted")
+    elif volumes and kind is Engine.EMBEDDED:
+        console.print("the embedded engine has no volumes: nothing deleted")
+    kept = [name for name in (*plan.deletable, *plan.kept) if not delete or name in plan.kept]
+    if kept:
+        console.print(f"volumes kept: {', '.join(kept)}")
+    elif not volumes and kind is Engine.EMBEDDED:
+        console.print("data kept")
 
 
 @task

@@ -10,6 +10,7 @@ Literal ``$`` in plain values is escaped as ``$$`` so compose does not interpola
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -21,6 +22,8 @@ import yaml
 from infra import secrets_file
 from infra.secrets_file import host_path
 from infra.spec import Healthcheck, Service, Stack
+
+PROJECT_LABEL = "com.docker.compose.project"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PATH = REPO_ROOT / "infra" / "rendered" / "compose.yml"
@@ -35,6 +38,37 @@ HEADER = """\
 def secret_key(service: str, file_name: str) -> str:
     """The top-level ``secrets:`` key of one service's secret file."""
     return re.sub(r"[^a-z0-9_]", "_", f"{service}_{file_name}".lower())
+
+
+def adopt(
+    spec: Stack,
+    networks: Mapping[str, Mapping[str, str]],
+    volumes: Mapping[str, Mapping[str, str]],
+) -> Stack:
+    """``spec`` with every network and volume that already exists but was not created by this
+    compose project (``networks``/``volumes``: name -> labels of the existing ones) marked
+    ``external``: compose then uses it as it is (v1 and v2 both accept ``external: true`` with
+    ``name:``) and ``down`` never removes it. One made by hand with ``docker network create``
+    has no project label; one another project made has another value."""
+
+    def foreign(labels: Mapping[str, str] | None) -> bool:
+        return labels is not None and labels.get(PROJECT_LABEL) != spec.project
+
+    return dataclasses.replace(
+        spec,
+        networks=tuple(
+            dataclasses.replace(n, external=True)
+            if not n.external and foreign(networks.get(n.name))
+            else n
+            for n in spec.networks
+        ),
+        volumes=tuple(
+            dataclasses.replace(v, external=True)
+            if not v.external and foreign(volumes.get(v.name))
+            else v
+            for v in spec.volumes
+        ),
+    )
 
 
 def render(

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping
+from contextlib import closing
 from functools import cache
 from pathlib import Path
 
@@ -88,6 +89,7 @@ def up(
     no build, no pull). Services whose secret files changed (a rotated password) are
     recreated even when nothing else changed: compose does not see file contents, and each
     service reads its files only at start."""
+    spec = adopt_existing(spec, log)
     changed = secrets_file.write_secret_files(spec, secrets, secrets_root)
     before = {name: _container_id(name) for name in changed}
     compose.write(spec, path, secrets_root)
@@ -100,6 +102,42 @@ def up(
         args = ["up", "-d", "--no-build", "--no-deps", "--force-recreate", *stale]
         run(spec, args, path, log=log)
     return path
+
+
+def existing_resources(
+    spec: Stack,
+) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
+    """The labels of the spec's networks and volumes that exist on the engine (name -> labels),
+    networks first."""
+    networks: dict[str, dict[str, str]] = {}
+    volumes: dict[str, dict[str, str]] = {}
+    with closing(docker_host.client()) as engine:
+        for network in spec.networks:
+            for found in engine.networks.list(names=[network.name]):
+                if found.name == network.name:  # the filter also matches substrings
+                    networks[network.name] = dict(found.attrs.get("Labels") or {})
+        for volume in spec.volumes:
+            try:
+                attrs = engine.volumes.get(volume.name).attrs
+            except NotFound:
+                continue
+            volumes[volume.name] = dict(attrs.get("Labels") or {})
+    return networks, volumes
+
+
+def adopt_existing(spec: Stack, log: Callable[[str], None] = lambda line: None) -> Stack:
+    """``spec`` with the networks and volumes that exist but are not this project's (made by
+    hand, or by another project) marked external: used as they are, never removed."""
+    networks, volumes = existing_resources(spec)
+    adopted = compose.adopt(spec, networks, volumes)
+    for before, after in [
+        *zip(spec.networks, adopted.networks, strict=True),
+        *zip(spec.volumes, adopted.volumes, strict=True),
+    ]:
+        if after.external and not before.external:
+            kind = "network" if before in spec.networks else "volume"
+            log(f"adopting the existing {kind} {before.name} (not created by this stack): kept")
+    return adopted
 
 
 def _container_id(name: str) -> str | None:
@@ -116,7 +154,9 @@ def down(
     log: Callable[[str], None] = lambda line: None,
 ) -> None:
     """Stop and remove the stack's containers (and its own volumes with ``remove_volumes``);
-    external networks and volumes are never touched."""
+    external networks and volumes, and existing ones this project did not create (adopted),
+    are never touched."""
+    spec = adopt_existing(spec, log)
     compose.write(spec, path)
     args = ["down", "--remove-orphans", "--timeout", "20"]
     if remove_volumes:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from infra import compose_engine, docker_driver, docker_host, images
+from infra import compose, compose_engine, docker_driver, docker_host, images
 from infra.config import (
     DATA_DIR,
     ConfigError,
@@ -178,10 +178,11 @@ def down(
     config = config or recorded_config() or config_from_env(os.environ)
     log(f"engine: {kind}")
     if kind is Engine.PULUMI:
-        _pulumi(["destroy", "--yes", "--skip-preview"], log)
+        _pulumi(["destroy", "--yes", "--skip-preview"], log)  # volumes: retain_on_delete
     elif kind is Engine.COMPOSE:
         docker_host.require_engine()
-        spec = build_stack(config)
+        # Networks and volumes that exist but are not ours are left alone, by both runners.
+        spec = compose_engine.adopt_existing(build_stack(config), log)
         if compose_runner() == "cli":
             compose_engine.down(spec, remove_volumes=remove_volumes, log=log)
         else:
@@ -190,6 +191,39 @@ def down(
         _embedded_down()
     STATE_FILE.unlink(missing_ok=True)
     return kind
+
+
+@dataclass(frozen=True)
+class DownPlan:
+    """What ``down`` would act on: ``deletable`` are the stack's own volumes that exist (what
+    ``remove_volumes`` deletes), ``kept`` the existing ones it never deletes (external or
+    adopted). Only the compose engine deletes volumes: Pulumi retains them on destroy, the
+    embedded engine has none."""
+
+    engine: Engine
+    deletable: tuple[str, ...]
+    kept: tuple[str, ...]
+
+
+def down_plan(*, engine: Engine | str | None = None, config: StackConfig | None = None) -> DownPlan:
+    """The :class:`DownPlan` for the stack ``down`` would stop (same choice of engine and
+    config); changes nothing."""
+    kind = Engine(engine) if engine else Engine(_load_state().get("engine") or choose_engine())
+    if kind is Engine.EMBEDDED:
+        return DownPlan(kind, (), ())
+    config = config or recorded_config() or config_from_env(os.environ)
+    docker_host.require_engine()
+    spec = build_stack(config)
+    _, existing = compose_engine.existing_resources(spec)
+    adopted = compose.adopt(spec, {}, existing)
+    present = [volume for volume in adopted.volumes if volume.name in existing]
+    if kind is Engine.PULUMI:
+        return DownPlan(kind, (), tuple(volume.name for volume in present))
+    return DownPlan(
+        kind,
+        tuple(volume.name for volume in present if not volume.external),
+        tuple(volume.name for volume in present if volume.external),
+    )
 
 
 def migrate_from_host(endpoints: StackEndpoints) -> str:

@@ -38,6 +38,7 @@ import httpx
 import psycopg
 import pytest
 import redis
+import yaml
 from PIL import Image
 from psycopg import sql
 from redis.exceptions import NoPermissionError
@@ -741,3 +742,127 @@ def test_external_mode_leaves_the_shared_servers_alone(
     engine.down(remove_volumes=True, engine="compose", config=managed)
     for name in (pg, redis, api):
         assert docker_host.container_state(name).status == "missing"
+
+
+def _network_id(name: str) -> str | None:
+    found = subprocess.run(
+        ["docker", "network", "inspect", "--format", "{{.Id}}", name],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+def _volume_names() -> set[str]:
+    listed = subprocess.run(
+        ["docker", "volume", "ls", "--format", "{{.Name}}"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    return set(listed.stdout.split())
+
+
+def _invoke_on_a_terminal(
+    args: list[str], env: dict[str, str], answer: str
+) -> subprocess.CompletedProcess[str]:
+    """``_invoke`` with a pseudo-terminal as stdin, ``answer`` typed into it."""
+    controller, terminal = os.openpty()
+    try:
+        os.write(controller, answer.encode())
+        return subprocess.run(
+            [str(INVOKE), *args], cwd=REPO_ROOT, env=env, stdin=terminal,
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(controller)
+        os.close(terminal)
+
+
+def test_hand_made_network_is_adopted_and_data_survives_down_until_confirmed_down_volumes(
+    stack: Deployed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hand-made `af-network` (no compose labels): a managed up with the compose CLI renders
+    it `external: true` and uses it, no down removes it. 10 uploads survive `invoke down` and
+    an up; `invoke down --volumes` without a terminal or --yes refuses in one line and deletes
+    nothing; with --yes it deletes the three volumes (and still not the network)."""
+    data_volumes = {"pg-data", "redis-data", "media-storage"}
+    network = stack.config.network_name
+    monkeypatch.setenv("MA_INFRA_COMPOSE_RUNNER", "cli")
+    env = _operator_env(stack)
+    started = time.monotonic()
+    engine.down(remove_volumes=True, engine="compose", config=stack.config)  # a clean slate
+    assert _network_id(network) is None and not data_volumes & _volume_names()
+    subprocess.run(["docker", "network", "create", network], check=True, capture_output=True,
+                   timeout=60)  # fmt: skip
+    hand_made = _network_id(network)
+    try:
+        config = StackConfig(api_host_port=stack.config.api_host_port)
+        endpoints = engine.up(config, stack.passwords, engine="compose", build=False)
+        rendered = yaml.safe_load(compose_engine.RENDERED_PATH.read_text(encoding="utf-8"))
+        assert rendered["networks"] == {network: {"name": network, "external": True}}
+        assert _network_id(network) == hand_made
+        attached = docker_host.inspect(config.api_name)["NetworkSettings"]["Networks"]
+        assert set(attached) == {network}
+
+        assert endpoints.api_url is not None
+        uploads: dict[str, bytes] = {}
+        jobs: dict[str, str] = {}
+        with httpx.Client(base_url=endpoints.api_url, timeout=30, headers=api_key(stack)) as api:
+            for i in range(10):
+                body = _png((i * 20, 90, 255 - i * 20), (40 + i, 30))
+                created = api.post(
+                    "/analyses",
+                    files={"file": (f"keep-{i}.png", body, "image/png")},
+                    data={"analysis_type": "basic"},
+                )
+                assert created.status_code == 201, created.text
+                jobs[str(created.json()["id"])] = hashlib.sha256(body).hexdigest()
+                uploads[hashlib.sha256(body).hexdigest()] = body
+            deadline = time.monotonic() + 120
+            pending = set(jobs)
+            while pending and time.monotonic() < deadline:
+                states = {j: api.get(f"/analyses/{j}").json().get("status") for j in pending}
+                pending = {j for j, status in states.items() if status not in TERMINAL}
+                time.sleep(0.5)
+            assert not pending, pending
+
+        down = _invoke(["down"], env)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert "volumes kept: pg-data, redis-data, media-storage" in down.stdout, down.stdout
+        assert docker_host.container_state(config.api_name).status == "missing"
+        assert data_volumes <= _volume_names()
+        assert _network_id(network) == hand_made
+
+        endpoints = engine.up(config, stack.passwords, engine="compose", build=False)
+        assert endpoints.api_url is not None
+        with httpx.Client(base_url=endpoints.api_url, timeout=30, headers=api_key(stack)) as api:
+            for job_id, sha in jobs.items():
+                job = api.get(f"/analyses/{job_id}")
+                assert job.status_code == 200 and job.json()["status"] == "succeeded", job.text
+                content = api.get(f"/media/{sha}/content")
+                assert content.status_code == 200 and content.content == uploads[sha], sha
+
+        refused = _invoke(["down", "--volumes"], env)  # stdin is not a terminal
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        line = _one_error_line(refused)
+        assert [x for x in (refused.stdout + refused.stderr).splitlines() if x.strip()] == [line]
+        assert "will delete volumes pg-data, redis-data, media-storage" in line, line
+        assert "--yes" in line, line
+        assert data_volumes <= _volume_names()
+        assert docker_host.container_state(config.api_name).healthy
+
+        declined = _invoke_on_a_terminal(["down", "--volumes"], env, "no\n")
+        assert declined.returncode == 1, declined.stdout + declined.stderr
+        assert "will delete volumes pg-data, redis-data, media-storage" in declined.stdout
+        assert declined.stderr.strip() == "error: not confirmed: nothing stopped or deleted"
+        assert data_volumes <= _volume_names()
+        assert docker_host.container_state(config.api_name).healthy
+
+        confirmed = _invoke(["down", "--volumes", "--yes"], env)
+        assert confirmed.returncode == 0, confirmed.stdout + confirmed.stderr
+        assert "will delete volumes pg-data, redis-data, media-storage" in confirmed.stdout
+        assert not data_volumes & _volume_names()
+        assert _network_id(network) == hand_made
+    finally:
+        engine.down(remove_volumes=True, engine="compose", config=stack.config)
+        subprocess.run(["docker", "network", "rm", network], capture_output=True, timeout=60)
+    stack.timings["adopt_and_down_volumes_s"] = time.monotonic() - started
+    print(f"adoption + down/up + down --volumes: {stack.timings['adopt_and_down_volumes_s']:.1f}s")

@@ -314,6 +314,42 @@ def test_hardening_settings_refuse_unsafe_values(setting: str, value: str, messa
     assert config_from_env({"MA_INFRA_FORWARDED_ALLOW_IPS": "10.0.0.5,172.18.0.0/16"})
 
 
+def test_an_existing_network_or_volume_not_made_by_the_project_is_adopted_as_external() -> None:
+    """Made by hand (no labels) or by another project: rendered `external: true` with its
+    `name:` (what compose v1 and v2 both accept), so neither up nor down replaces it."""
+    spec = build_stack(StackConfig())
+    ours = {compose.PROJECT_LABEL: spec.project}
+    adopted = compose.adopt(
+        spec,
+        networks={"af-network": {}},
+        volumes={
+            "pg-data": {compose.PROJECT_LABEL: "someone-else"},
+            "redis-data": ours,
+        },
+    )
+    document = compose.render(adopted)
+
+    assert document["networks"] == {"af-network": {"name": "af-network", "external": True}}
+    assert document["volumes"]["pg-data"] == {"name": "pg-data", "external": True}
+    assert document["volumes"]["redis-data"]["labels"]  # ours: still managed
+    assert "external" not in document["volumes"]["media-storage"]  # missing: compose makes it
+    api = document["services"]["media-analysis-api"]
+    assert set(api["networks"]) == {"af-network"}  # services attach to it as before
+
+
+def test_nothing_is_adopted_when_the_project_made_it_or_nothing_exists() -> None:
+    spec = build_stack(StackConfig())
+    ours = {compose.PROJECT_LABEL: spec.project, "com.docker.compose.network": "af-network"}
+
+    assert compose.adopt(spec, {}, {}) == spec
+    assert compose.adopt(spec, {"af-network": ours}, {"pg-data": ours}) == spec
+    rendered = compose.render(compose.adopt(spec, {"af-network": ours}, {}))
+    assert rendered["networks"]["af-network"]["driver"] == "bridge"
+    assert "external" not in rendered["networks"]["af-network"]
+    external = build_stack(StackConfig(mode="external"))  # already external: unchanged
+    assert compose.adopt(external, {"af-network": {}}, {}) == external
+
+
 def test_network_spec_external_flag_round_trips() -> None:
     assert Network("af-network", external=True).external
 
