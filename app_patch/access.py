@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from collections.abc import Iterable
 from typing import Literal
 
 from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 Access = Literal["public", "key", "off"]
@@ -90,19 +90,12 @@ class AccessGuard:
             return
         rule = self._rule(scope["path"])
         if rule == "off":
-            await _answer(send, 404, "not found")
+            await JSONResponse({"detail": "not found"}, 404)(scope, receive, send)
             return
         if rule == "key" and self.digests and not self._allowed(Headers(scope=scope)):
-            await _answer(send, 401, "a valid API key is required", {"www-authenticate": "ApiKey"})
+            denied = JSONResponse(
+                {"detail": "a valid API key is required"}, 401, {"WWW-Authenticate": "ApiKey"}
+            )
+            await denied(scope, receive, send)
             return
         await self.app(scope, receive, send)
-
-
-async def _answer(
-    send: Send, status: int, detail: str, extra: dict[str, str] | None = None
-) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

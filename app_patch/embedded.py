@@ -72,7 +72,7 @@ class EmbeddedPostgres:
 
     @property
     def url(self) -> str:
-        return f"postgresql+psycopg://postgres@/{self.database}?host={self.socket_dir}"
+        return socket_url(self.socket_dir, self.database)
 
     def _ensure_database(self) -> None:
         admin = f"postgresql://postgres@/postgres?host={self.socket_dir}"
@@ -98,6 +98,11 @@ class EmbeddedPostgres:
     def close(self) -> None:
         """Release this process's handle; a non-persistent server stops with the last one."""
         self._server.cleanup()
+
+
+def socket_url(socket_dir: str, database: str) -> str:
+    """The bootstrap superuser's URL over the server's Unix socket (trust auth)."""
+    return f"postgresql+psycopg://postgres@/{database}?host={socket_dir}"
 
 
 def start_embedded_postgres(data_dir: Path) -> EmbeddedPostgres:

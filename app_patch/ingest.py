@@ -29,9 +29,7 @@ that never repeat what was sent.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections.abc import AsyncGenerator, AsyncIterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -39,8 +37,10 @@ from typing import Any, Literal
 from python_multipart import MultipartParser
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app_patch.media import CONTROL_CHARACTERS
 from app_patch.storage import Storage, UploadTooLargeError, in_thread
 from app_patch.submission import Submission
 
@@ -52,7 +52,6 @@ MAX_PART_HEADERS = 4  # Content-Disposition, Content-Type and a little slack
 MAX_PART_HEADER_BYTES = 2048  # one header line: room for a long (percent-encoded) file name
 CLIENT_REF_MAX_CHARS = 255
 RETRY_AFTER_S = "5"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 FILE_FIELD, TYPE_FIELD, REF_FIELD = "file", "analysis_type", "client_ref"
 TEXT_FIELDS = frozenset({TYPE_FIELD, REF_FIELD})
 
@@ -82,14 +81,6 @@ def _route_path(scope: Scope) -> str:
     return path
 
 
-async def _answer(send: Send, status: int, detail: str, headers: dict[str, str]) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
 class UploadGate:
     """Counts every request's body bytes as the app receives them and caps concurrent uploads.
 
@@ -112,12 +103,12 @@ class UploadGate:
             return
         is_upload = scope["method"] == "POST" and _route_path(scope) == UPLOAD_PATH
         if is_upload and self.in_flight >= self.max_concurrent_uploads:
-            await _answer(
-                send,
+            busy = JSONResponse(
+                {"detail": "too many uploads in progress; retry later"},
                 503,
-                "too many uploads in progress; retry later",
                 {"Retry-After": RETRY_AFTER_S},
             )
+            await busy(scope, receive, send)
             return
         received = 0
         over = False
@@ -148,7 +139,7 @@ class UploadGate:
         except BodyTooLargeError as exc:
             if started:  # too late for a 413: let the server close the connection
                 raise
-            await _answer(send, 413, str(exc), {})
+            await JSONResponse({"detail": str(exc)}, 413)(scope, receive, send)
         finally:
             if is_upload:
                 self.in_flight -= 1
@@ -366,7 +357,7 @@ def _checked_field(name: str, raw: bytes, analysis_types: Sequence[str]) -> str:
     if name == REF_FIELD:
         if len(value) > CLIENT_REF_MAX_CHARS:
             raise UploadRefusedError(422, f"client_ref: at most {CLIENT_REF_MAX_CHARS} characters")
-        if _CONTROL.search(value):
+        if CONTROL_CHARACTERS.search(value):
             raise UploadRefusedError(422, "client_ref must not contain control characters")
     return value
 

@@ -47,7 +47,7 @@ from app_patch.storage import (
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _CONTENT_TYPE = re.compile(r"[\w.+-]{1,127}/[\w.+-]{1,127}(\s*;[\x20-\x7e]*)?")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")  # never kept in text fields
 _FK_VIOLATION = "23503"
 
 
@@ -144,7 +144,7 @@ def clean_original_name(value: str | None) -> str | None:
     """Metadata only (never part of a path): control characters dropped, length capped."""
     if not value:
         return None
-    cleaned = _CONTROL.sub("", value).strip()[:1024]
+    cleaned = CONTROL_CHARACTERS.sub("", value).strip()[:1024]
     return cleaned or None
 
 

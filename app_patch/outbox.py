@@ -48,7 +48,12 @@ from app_patch.repository import (
 )
 from app_patch.resilience import Breaker, DependencyUnavailableError
 from app_patch.schemas import JobOut, ResultIn
-from app_patch.storage import StorageUnavailableError, fsync_dir
+from app_patch.storage import (
+    StorageUnavailableError,
+    create_durably,
+    fsync_dir,
+    write_durably,
+)
 from app_patch.store_identity import StoreMismatchError
 
 log = logging.getLogger(__name__)
@@ -178,7 +183,7 @@ class Outbox:
         return self.directory / f"{job_id}.json"
 
     def append(self, entry: OutboxEntry) -> None:
-        _write_synced(self._path(entry.job_id), entry.to_json())
+        write_durably(self._path(entry.job_id), entry.to_json())
 
     def get(self, job_id: uuid.UUID) -> OutboxEntry | None:
         """The pending entry of a job; None when there is none or it cannot be read."""
@@ -213,7 +218,7 @@ class Outbox:
         """Move an entry aside with its error, so the drain goes on without it."""
         failed = self.directory / FAILED
         note = failed / f"{path.stem}.error"
-        _write_synced(note, f"{time.time():.0f} {_one_line(error)}\n".encode())
+        write_durably(note, f"{time.time():.0f} {_one_line(error)}\n".encode())
         with contextlib.suppress(FileNotFoundError):
             os.replace(path, failed / path.name)
             fsync_dir(failed)
@@ -267,24 +272,15 @@ class Outbox:
     def claim_key(self, key: str, job_id: uuid.UUID, fingerprint: str | None) -> KeyClaim | None:
         """Bind ``key`` to ``job_id``; None when this call bound it, else the existing claim.
 
-        Atomic across processes sharing the volume: the index file is complete before
-        ``link()`` makes it visible, and ``link()`` fails if the name exists. Callers write
+        Atomic across processes sharing the volume (``storage.create_durably``). Callers write
         the entry first, so a claim whose entry is gone is stale (replayed, or its request
         withdrew) and is replaced.
         """
         final = self._key_path(key)
         body = orjson.dumps({"job_id": str(job_id), "fingerprint": fingerprint})
         for _ in range(2):  # a second try only after removing a stale claim
-            tmp = final.with_name(f"{final.name}.{os.getpid()}.{job_id.hex[:8]}.tmp")
-            _write_fsynced(tmp, body)
-            try:
-                os.link(tmp, final)
-                fsync_dir(final.parent)
+            if create_durably(final, body):
                 return None
-            except FileExistsError:
-                pass
-            finally:
-                tmp.unlink(missing_ok=True)
             held = self.key_claim(key)
             if held is None:
                 continue  # unreadable and removed: try again
@@ -302,7 +298,7 @@ class Outbox:
     # ---- merged aliases
 
     def record_merge(self, job_id: uuid.UUID, into: uuid.UUID) -> None:
-        _write_synced(self.directory / MERGED / str(job_id), str(into).encode())
+        write_durably(self.directory / MERGED / str(job_id), str(into).encode())
 
     def merged_into(self, job_id: uuid.UUID) -> uuid.UUID | None:
         try:
@@ -447,21 +443,6 @@ class OutboxReplayer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-
-
-def _write_fsynced(path: Path, body: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(body)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _write_synced(final: Path, body: bytes) -> None:
-    """Write ``body`` durably: a temp name, fsync, rename onto ``final``, fsync the folder."""
-    tmp = final.with_name(f"{final.name}.{os.getpid()}.tmp")
-    _write_fsynced(tmp, body)
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
 
 
 def _one_line(error: object) -> str:

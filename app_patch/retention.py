@@ -225,10 +225,10 @@ class Sweeper:
         self.settings = settings
         self.on_media_deleted = on_media_deleted
 
-    async def check_identity(self, *, dry_run: bool) -> None:
-        """Raise ``StoreMismatchError`` unless the root is the one the database records."""
-        engine = self.engine.execution_options(postgresql_readonly=True) if dry_run else None
-        async with (engine or self.engine).begin() as conn:
+    async def check_identity(self) -> None:
+        """Raise ``StoreMismatchError`` unless the root is the one the database records
+        (``check_for_sweeper`` only reads, so dry and real runs ask the same way)."""
+        async with self.engine.connect() as conn:
             await store_identity.check_for_sweeper(conn, self.storage.root)
 
     async def sweep(
@@ -239,7 +239,7 @@ class Sweeper:
         on_progress: ProgressCallback | None = None,
     ) -> SweepReport:
         selected = tuple(p for p in ALL_POLICIES if policies is None or p in policies)
-        await self.check_identity(dry_run=dry_run)
+        await self.check_identity()
         # a dry run's connections are READ ONLY: PostgreSQL itself refuses any write
         engine = self.engine.execution_options(postgresql_readonly=True) if dry_run else None
         run = _Run(self, engine, dry_run, on_progress or (lambda *_: None), selected)
@@ -937,7 +937,7 @@ async def run_sweep(
             sweeper = Sweeper(
                 engine, Storage(settings.storage), settings.retention, on_media_deleted=forget
             )
-            await sweeper.check_identity(dry_run=dry_run)
+            await sweeper.check_identity()
             if not dry_run:
                 sweeper.storage = await Storage.open(settings.storage, clean_tmp=False)
             return await sweeper.sweep(dry_run=dry_run, policies=policies, on_progress=on_progress)

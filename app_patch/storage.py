@@ -522,6 +522,42 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_tmp(final: Path, body: bytes) -> Path:
+    """A fully written, fsync'd sibling of ``final`` under a name no other writer uses."""
+    tmp = final.with_name(f"{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(body)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return tmp
+
+
+def write_durably(final: Path, body: bytes) -> None:
+    """Replace ``final`` with ``body`` atomically and durably (temp, fsync, rename, dir fsync)."""
+    tmp = _write_tmp(final, body)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(final.parent)
+
+
+def create_durably(final: Path, body: bytes) -> bool:
+    """Create ``final`` holding ``body`` unless it exists; False when it did. The file is
+    complete before ``link()`` makes it visible, and ``link()`` fails if the name exists, so
+    of several processes sharing the volume exactly one wins."""
+    tmp = _write_tmp(final, body)
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(final.parent)
+    return True
+
+
 def _entry(key: str, st: os.stat_result) -> FileEntry:
     return FileEntry(key, st.st_size, max(st.st_mtime, st.st_ctime), st.st_mtime)
 

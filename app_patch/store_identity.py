@@ -17,7 +17,6 @@ only where nothing could be lost (no live file rows and no stored files), and re
 
 from __future__ import annotations
 
-import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -28,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app_patch.errors import OperatorError
 from app_patch.models import Artifact, MediaFile, StoreIdentity
-from app_patch.storage import ARTIFACTS, UPLOADS, fsync_dir
+from app_patch.storage import ARTIFACTS, UPLOADS, create_durably
 
 MARKER_NAME = ".store-id"
 _CLAIM_LOCK = 0x6D61_7374  # "mast": media-analysis store claim (advisory lock id)
@@ -142,22 +141,8 @@ async def _live_keys_sample(conn: AsyncConnection, size: int = 20) -> list[str]:
 
 
 def _create_marker(root: Path, store_id: uuid.UUID) -> bool:
-    """Write the marker unless one exists (tmp, fsync, link); False when one did."""
-    final = marker_path(root)
-    tmp = final.with_name(f"{MARKER_NAME}.{os.getpid()}.{store_id.hex[:8]}.tmp")
-    with open(tmp, "w", encoding="ascii") as handle:
-        handle.write(f"{store_id}\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    try:
-        os.link(tmp, final)
-    except FileExistsError:
-        return False
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    fsync_dir(final.parent)
-    return True
+    """Write the marker unless one exists; False when one did."""
+    return create_durably(marker_path(root), f"{store_id}\n".encode("ascii"))
 
 
 async def check_for_sweeper(conn: AsyncConnection, root: Path) -> uuid.UUID | None:
@@ -169,24 +154,12 @@ async def check_for_sweeper(conn: AsyncConnection, root: Path) -> uuid.UUID | No
         if marker != recorded:
             raise _mismatch(root, marker, recorded)
         return recorded
-    if await _has_live_files(conn) or _has_stored_files(root):
+    if await _live_keys_sample(conn, size=1) or _has_stored_files(root):
         raise StoreMismatchError(
             "the database records no storage root yet, so this root cannot be proven to be "
             "its own: start the API on its storage once (it records the root), then rerun"
         )
     return None
-
-
-async def _has_live_files(conn: AsyncConnection) -> bool:
-    for model in (MediaFile, Artifact):
-        found = await conn.scalar(
-            select(func.count()).select_from(
-                select(model.id).where(model.deleted_at.is_(None)).limit(1).subquery()
-            )
-        )
-        if found:
-            return True
-    return False
 
 
 def _has_stored_files(root: Path) -> bool:

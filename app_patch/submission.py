@@ -18,10 +18,10 @@ import enum
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import orjson
 from sqlalchemy.exc import SQLAlchemyError
@@ -37,7 +37,7 @@ from app_patch.repository import (
 )
 from app_patch.resilience import DependencyUnavailableError
 from app_patch.schemas import JobOut, ResultIn
-from app_patch.service import HistoryService
+from app_patch.service import DatabaseGuard, HistoryService
 from app_patch.storage import (
     StagedFile,
     Storage,
@@ -47,7 +47,6 @@ from app_patch.storage import (
 )
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class EmptyUploadError(ValueError):
@@ -106,10 +105,6 @@ class Analyser(Protocol):
     def __call__(self, analysis_type: str, path: Any, sha256: str, size_bytes: int) -> Analysis: ...
 
 
-class DatabaseGuard(Protocol):
-    async def __call__(self, operation: Callable[[], Awaitable[T]]) -> T: ...
-
-
 @dataclass
 class AnalysisService:
     """Runs uploads end to end; one instance per app (see ``runtime.open_runtime``)."""
@@ -153,7 +148,7 @@ class AnalysisService:
         """The job a repeated key names: deferred (outbox) first, then the history."""
         claim = await in_thread(self.outbox.key_claim, key)
         if claim is not None:
-            entry = await self._entry_of_claim(claim.job_id)
+            entry = await in_thread(self.outbox.get, claim.job_id)
             if entry is not None:
                 if not same_request(claim.fingerprint, fingerprint):
                     raise IdempotencyConflictError.reused()
@@ -259,10 +254,6 @@ class AnalysisService:
         job = entry.answer()
         await self.history.remember(job)
         return Submitted(job, Outcome.deferred)
-
-    async def _entry_of_claim(self, job_id: uuid.UUID) -> OutboxEntry | None:
-        """The pending entry a key claim points to (None once replayed)."""
-        return await in_thread(self.outbox.get, job_id)
 
 
 def _content_type(finished: FinishedJob) -> str:

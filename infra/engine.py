@@ -357,13 +357,13 @@ def embedded_attach() -> StackEndpoints | None:
     and the local API are the ones ``up`` recorded, whether they still run or not (the checks
     tell)."""
     from app_patch.db_roles import EMBEDDED_APP, EMBEDDED_OWNER, role_url
-    from app_patch.embedded import EMBEDDED_DB_NAME
+    from app_patch.embedded import EMBEDDED_DB_NAME, socket_url
 
     state = _load_state()
     socket_dir = _running_postmaster_socket(embedded_data_dir() / "pg")
     if socket_dir is None:
         return None
-    admin = f"postgresql+psycopg://postgres@/{EMBEDDED_DB_NAME}?host={socket_dir}"
+    admin = socket_url(socket_dir, EMBEDDED_DB_NAME)
     return StackEndpoints(
         Engine.EMBEDDED,
         role_url(admin, EMBEDDED_OWNER, database=EMBEDDED_DB_NAME),

@@ -37,6 +37,7 @@ from infra.redis_acl import (
     app_rules,
     maxmemory_bytes,
 )
+from tests.conftest import free_port
 
 APP_USER, APP_PASSWORD = "media-app", "app pass:w/rd"
 ADMIN_USER, ADMIN_PASSWORD = "ma-admin", "admin@pass"
@@ -80,12 +81,6 @@ def _sha256(password: str) -> str:
     return hashlib.sha256(password.encode()).hexdigest()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A loopback redis-server with `default` disabled and the image's two users."""
@@ -93,7 +88,7 @@ def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     if server is None:
         pytest.fail("redis-server is not installed (scripts/bootstrap installs it)")
     directory = tmp_path_factory.mktemp("redis-acl")
-    port = _free_port()
+    port = free_port()
     conf = directory / "redis.conf"
     conf.write_text(
         "\n".join(
