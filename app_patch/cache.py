@@ -19,6 +19,8 @@ Correctness rules (see ``HistoryService`` for the write side):
   read that starts after the write returned never joins a load that began before it.
 * A write that could not reach Redis marks the key dirty: reads in this process bypass the
   key until an invalidation succeeds (or the old entry must have expired).
+* A hit costs one GET (behind the breaker and the deadline) and one decode: single-flight,
+  its task and shield are only for misses, dirty keys and lookups already in flight.
 
 Not covered: a key evicted by Redis itself (maxmemory, FLUSHALL) between a write-through and
 a concurrent reader's fill may take that reader's older state for up to its TTL.
@@ -229,7 +231,22 @@ def decode(raw: bytes, model: type[M]) -> M:
     body = parse_envelope(raw).body
     if not body:
         raise ValueError("tombstone")
-    return model.model_validate(orjson.loads(body))
+    return model.model_validate_json(body)
+
+
+def _decode_hit(raw: bytes, model: type[M]) -> M | None:
+    """The value of a well-formed, non-empty envelope; None for anything else (the slow path
+    then reads the key again and deals with tombstones and garbage)."""
+    first = raw.find(b":")
+    second = raw.find(b":", first + 1) if first > 0 else -1
+    if second < 0 or second + 1 == len(raw):
+        return None
+    if not (raw[:first].isdigit() and raw[first + 1 : second].isdigit()):
+        return None
+    try:
+        return model.model_validate_json(raw[second + 1 :])
+    except ValidationError:
+        return None
 
 
 @dataclass
@@ -361,12 +378,26 @@ class RedisCache:
     ) -> M | None:
         """The cached value, or ``loader()`` stored with ``placement(value)``.
 
-        Concurrent calls for one key share a single lookup and load. ``None`` is not cached.
+        A hit is one GET and one decode: no task, no shield, no lock. Anything else (a miss,
+        a tombstone, garbage, a dirty key, a lookup already in flight) goes through the
+        single-flight, so concurrent misses of one key share one load. ``None`` is not cached.
         """
         key = cache_key(kind, ident)
+        redis_ok = True
+        if self._client is not None and key not in self._flights and key not in self._dirty:
+            raw = await self._call(kind, lambda c: c.get(key))
+            if raw is FAILED:
+                redis_ok = False  # one timeout per read, not two: the load skips Redis
+            elif raw is not None:
+                value = _decode_hit(cast(bytes, raw), model)
+                if value is not None:
+                    self.stats.kinds[kind].hits += 1
+                    return value
 
         async def lookup(flight: _Flight) -> M | None:
-            usable = await self._repair(kind, key)
+            # a miss looks again inside the flight: a reader whose GET missed just before
+            # another flight filled the key then finds the value instead of loading again
+            usable = redis_ok and await self._repair(kind, key)
             return await self._read_through(flight, kind, key, model, loader, placement, usable)
 
         return await self._single_flight(key, kind, lookup)
@@ -418,7 +449,7 @@ class RedisCache:
                     envelope = parse_envelope(cast(bytes, raw))
                     if envelope.body:
                         stats.hits += 1
-                        return model.model_validate(orjson.loads(envelope.body))
+                        return model.model_validate_json(envelope.body)
                     token = str(envelope.gen)
                 except (orjson.JSONDecodeError, ValidationError, ValueError):
                     stats.errors += 1
