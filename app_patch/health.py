@@ -91,14 +91,9 @@ async def live() -> Live:
     return Live()
 
 
-@router.get(
-    "/health/ready",
-    response_model=Ready,
-    responses={503: {"model": Ready, "description": "cannot serve analyses"}},
-    summary="Each dependency's state; 200 while analyses can still be served",
-)
-async def ready(request: Request, response: Response) -> Ready:
-    rt = _runtime(request)
+async def readiness(rt: Runtime) -> tuple[DependencyState, dict[str, DependencyState], int]:
+    """The overall state, each check's and the failed outbox entries (for /health/ready and,
+    as gauges, /metrics)."""
     pg, cache, store = await asyncio.gather(postgres_state(rt), redis_state(rt), storage_state(rt))
     failed = await asyncio.to_thread(rt.outbox.failed_count)
     checks: dict[str, DependencyState] = {
@@ -113,6 +108,18 @@ async def ready(request: Request, response: Response) -> Ready:
         overall = "ok"
     else:
         overall = "degraded"  # PG down -> outbox; Redis down -> no cache: still serving
+    return overall, checks, failed
+
+
+@router.get(
+    "/health/ready",
+    response_model=Ready,
+    responses={503: {"model": Ready, "description": "cannot serve analyses"}},
+    summary="Each dependency's state; 200 while analyses can still be served",
+)
+async def ready(request: Request, response: Response) -> Ready:
+    rt = _runtime(request)
+    overall, checks, failed = await readiness(rt)
     response.status_code = 503 if overall == "down" else 200
     usage = await rt.storage.usage_async(max_age_s=5)
     return Ready(
@@ -133,5 +140,7 @@ async def ready(request: Request, response: Response) -> Ready:
 async def metrics(request: Request) -> Response:
     rt = _runtime(request)
     await rt.refresh_retention_totals()
-    body = await asyncio.to_thread(rt.metrics.render)
+    overall, checks, _ = await readiness(rt)
+    rt.metrics.observe_readiness(overall, checks)
+    body = await asyncio.to_thread(rt.metrics.render, rt.storage.root)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

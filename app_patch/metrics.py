@@ -3,16 +3,32 @@
 Request latency is observed as requests happen; everything else (pool, breakers, cache
 counters, outbox, storage, retention totals) is read from live objects at scrape time by a
 collector, so a scrape always shows current values and nothing is counted twice.
+
+The scrape also reads two figures from the storage root: the volume's bytes (``statvfs``) and
+the outcome of the last retention sweep. The sweeper is its own process (``invoke
+retention``), never scraped, so it leaves its outcome in a small file in the root
+(``record_sweep``) and the API exports it. A figure that cannot be read is left out of the
+scrape; it never fails it.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import math
+import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from app_patch.storage import write_durably
+
+log = logging.getLogger(__name__)
 
 BREAKER_STATE_VALUE = {
     "closed": 0.0,
@@ -21,6 +37,8 @@ BREAKER_STATE_VALUE = {
     "open": 2.0,
     "opened": 2.0,
 }
+READY_STATE_VALUE = {"ok": 0.0, "degraded": 1.0, "down": 2.0}
+SWEEP_STATUS_NAME = ".retention-last-sweep.json"  # beside the store marker, outside the areas
 
 
 @dataclass
@@ -114,6 +132,70 @@ class LiveCollector(Collector):
         yield freed
 
 
+def record_sweep(root: Path, errors: int) -> None:
+    """Leave a finished sweep's error count in the storage root for the API's scrape. Never
+    raises: a sweep that could not say so is still the sweep it was (its report says it)."""
+    body = json.dumps({"finished_at": time.time(), "errors": int(errors)}).encode()
+    try:
+        write_durably(Path(root) / SWEEP_STATUS_NAME, body)
+    except OSError as exc:
+        log.warning("retention outcome not recorded for /metrics: %s", exc)
+
+
+class StoreCollector(Collector):
+    """Scrape-time figures of the storage root: its volume and the last sweep's outcome."""
+
+    def __init__(self) -> None:
+        self.root: Path | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        if self.root is None:
+            return
+        yield from _volume(self.root)
+        yield from _last_sweep(self.root)
+
+
+def _volume(root: Path) -> Iterable[Metric]:
+    try:
+        st = os.statvfs(root)
+    except OSError as exc:
+        log.debug("storage volume not measured: %s", exc)
+        return
+    for name, blocks, doc in (
+        ("ma_storage_volume_size_bytes", st.f_blocks, "Size of the storage root's filesystem"),
+        ("ma_storage_volume_used_bytes", st.f_blocks - st.f_bfree, "Bytes used on it (df Used)"),
+        (
+            "ma_storage_volume_available_bytes",
+            st.f_bavail,
+            "Bytes the API may still write there (df Avail)",
+        ),
+    ):
+        yield GaugeMetricFamily(name, doc, value=blocks * st.f_frsize)
+
+
+def _last_sweep(root: Path) -> Iterable[Metric]:
+    try:
+        status = json.loads((root / SWEEP_STATUS_NAME).read_bytes())
+        finished, errors = float(status["finished_at"]), float(status["errors"])
+    except FileNotFoundError:
+        return  # no sweep has finished on this root yet
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        log.debug("last retention outcome unreadable: %s", exc)
+        return
+    if not (math.isfinite(finished) and math.isfinite(errors)):
+        return
+    yield GaugeMetricFamily(
+        "ma_retention_last_sweep_errors",
+        "Errors the last finished retention sweep reported (invoke retention prints them)",
+        value=errors,
+    )
+    yield GaugeMetricFamily(
+        "ma_retention_last_sweep_timestamp_seconds",
+        "When the last retention sweep finished (Unix time)",
+        value=finished,
+    )
+
+
 class Metrics:
     """The app's registry: request histograms plus the live collector once sources exist."""
 
@@ -137,6 +219,19 @@ class Metrics:
             "Checkouts that gave up after pool_timeout (should stay 0)",
             registry=self.registry,
         )
+        self.readiness = Gauge(
+            "ma_readiness_state",
+            "Overall readiness, as /health/ready (0 ok, 1 degraded, 2 down)",
+            registry=self.registry,
+        )
+        self.readiness_checks = Gauge(
+            "ma_readiness_check_state",
+            "Readiness per check, as /health/ready (0 ok, 1 degraded, 2 down)",
+            ["check"],
+            registry=self.registry,
+        )
+        self._store = StoreCollector()
+        self.registry.register(self._store)
         self._collector: LiveCollector | None = None
 
     def observe_pool_checkout(self, waited_s: float, timed_out: bool) -> None:
@@ -144,11 +239,19 @@ class Metrics:
         if timed_out:
             self.pool_timeouts.inc()
 
+    def observe_readiness(self, overall: str, checks: Mapping[str, str]) -> None:
+        self.readiness.set(READY_STATE_VALUE.get(overall, 2.0))
+        for check, state in checks.items():
+            self.readiness_checks.labels(check).set(READY_STATE_VALUE.get(state, 2.0))
+
     def attach(self, sources: LiveSources) -> None:
         if self._collector is not None:
             self.registry.unregister(self._collector)
         self._collector = LiveCollector(sources)
         self.registry.register(self._collector)
 
-    def render(self) -> bytes:
+    def render(self, storage_root: Path | None = None) -> bytes:
+        """The exposition; with ``storage_root``, its volume and last sweep are in it too."""
+        if storage_root is not None:
+            self._store.root = Path(storage_root)
         return generate_latest(self.registry)

@@ -926,6 +926,7 @@ async def run_sweep(
     from app_patch.bootstrap import redis_url
     from app_patch.cache import Kind, RedisCache
     from app_patch.db import engine_scope
+    from app_patch.metrics import record_sweep
 
     cache = RedisCache(settings, redis_url(settings))
 
@@ -940,7 +941,12 @@ async def run_sweep(
             await sweeper.check_identity()
             if not dry_run:
                 sweeper.storage = await Storage.open(settings.storage, clean_tmp=False)
-            return await sweeper.sweep(dry_run=dry_run, policies=policies, on_progress=on_progress)
+            report = await sweeper.sweep(
+                dry_run=dry_run, policies=policies, on_progress=on_progress
+            )
+            if not dry_run:  # for /metrics: this process is never scraped
+                record_sweep(sweeper.storage.root, report.error_count)
+            return report
     finally:
         await cache.close()
 
