@@ -28,7 +28,8 @@ from app_patch.errors import one_line_errors
 from app_patch.settings import get_settings
 from infra import in_stack, stack_ops, tasks_infra
 from infra.docker_host import engine_address
-from infra.engine import Engine, down_plan
+from infra.engines import EngineKind
+from infra.progress import RichProgress
 from infra.secrets_file import STACK_ENV, ensure_stack_env
 from infra.verify_containers import report
 
@@ -39,6 +40,10 @@ PY = shlex.quote(sys.executable)
 
 def _log(line: str) -> None:
     console.print(f"[dim]{line}[/dim]")
+
+
+def _progress() -> RichProgress:
+    return tasks_infra.progress()
 
 
 @task
@@ -76,9 +81,9 @@ def db_roles(c: Context, admin_url_file: str = "") -> None:
 
 @task(help={"revision": "target revision (default: head)"})
 def migrate(c: Context, revision: str = "head") -> None:
-    """Upgrade the schema as its owner: MA_DB_MIGRATION_URL, MA_DB_URL, or the running stack."""
-    with one_line_errors():
-        url = stack_ops.target_database_url()
+    """Upgrade the schema as its owner: MA_DB_MIGRATION_URL, MA_DB_URL, or the recorded stack."""
+    with _stack_errors():
+        url = stack_ops.owner_database_url()
         report_ = migrations.upgrade(url, revision)
     before, after = report_.from_revision or "base", report_.to_revision or "base"
     change = f"migrated {before} -> {after}" if report_.changed else f"already at {after}"
@@ -88,8 +93,8 @@ def migrate(c: Context, revision: str = "head") -> None:
 @task(name="db-status")
 def db_status(c: Context) -> None:
     """Current revision, pending revisions and row counts per table."""
-    with one_line_errors():
-        url = stack_ops.status_database_url()  # read-only: starts no server
+    with _stack_errors():
+        url = stack_ops.owner_database_url()  # read-only: starts no server
         state = migrations.status(url)
     console.print(f"database: {redacted(url)}")
     console.print(f"current revision: {state.current or 'base'}   head: {state.head}")
@@ -113,10 +118,14 @@ def up(
 ) -> None:
     """The main job: start the stack, migrate it to head, verify it."""
     with _stack_errors():
-        endpoints = stack_ops.up(engine=engine or None, build=not no_build, log=_log, port=port)
+        with _progress().live() as shown:
+            endpoints = stack_ops.up(
+                engine=engine or None, build=not no_build, progress=shown, port=port
+            )
         console.print(f"[green]up[/green] with the {endpoints.engine} engine")
         migration = stack_ops.migrate(endpoints)
         console.print(f"schema: {migration.from_revision or 'base'} -> {migration.to_revision}")
+        stack_ops.wait_api_ready(endpoints)
     if endpoints.api_url:
         console.print(f"API: {endpoints.api_url}")
         if endpoints.engine != "embedded":  # container engines protect the API with a key
@@ -137,8 +146,8 @@ def up(
 )
 def down(c: Context, volumes: bool = False, yes: bool = False) -> None:
     """Stop what `up` started; data is kept unless --volumes (confirmed, or --yes)."""
-    with one_line_errors(), tasks_infra.clear_errors():
-        plan = down_plan()  # changes nothing
+    with _stack_errors():
+        engine, found, plan = stack_ops.down_plan()  # changes nothing; refuses foreign stacks
         delete = volumes and bool(plan.deletable)
         if delete:
             what = f"will delete volumes {', '.join(plan.deletable)} (all the history and files)"
@@ -155,19 +164,28 @@ def down(c: Context, volumes: bool = False, yes: bool = False) -> None:
                     raise Exit("error: not confirmed: nothing stopped or deleted", code=1)
             else:
                 console.print(what)
-        kind = stack_ops.down(volumes=delete, log=_log)
+        with _progress().live() as shown:
+            stack_ops.down(engine, found, volumes=delete, progress=shown)
+    kind = engine.kind
     console.print(f"[green]down[/green] ({kind})")
     if delete:
         console.print(f"deleted volumes {', '.join(plan.deletable)}")
-    elif volumes and kind is Engine.PULUMI:
-        console.print("the pulumi engine retains its volumes on destroy: none deleted")
-    elif volumes and kind is Engine.EMBEDDED:
+    elif volumes and kind is EngineKind.EMBEDDED:
         console.print("the embedded engine has no volumes: nothing deleted")
     kept = [name for name in (*plan.deletable, *plan.kept) if not delete or name in plan.kept]
     if kept:
         console.print(f"volumes kept: {', '.join(kept)}")
-    elif not volumes and kind is Engine.EMBEDDED:
+    elif not volumes and kind is EngineKind.EMBEDDED:
         console.print("data kept")
+
+
+@task(help={"engine": "pulumi, compose or embedded (default: the one `up` would choose)"})
+def preview(c: Context, engine: str = "") -> None:
+    """What `up` would change (pulumi: `pulumi preview --diff`); changes nothing."""
+    with _stack_errors(), _progress().live() as shown:
+        kind, plan = stack_ops.preview(engine=engine or None, progress=shown)
+    if kind is not EngineKind.PULUMI:  # pulumi's own output was streamed already
+        console.print(escape(plan))
 
 
 @task
@@ -249,10 +267,11 @@ def bench(c: Context, quick: bool = False, only: str = "", out: str = "") -> Non
         raise Exit(f"error: {exc}", code=1) from None
 
 
-ns = Collection(secrets, db_roles, migrate, db_status, up, down, verify, serve, test, bench)
+ns = Collection(
+    secrets, db_roles, migrate, db_status, up, preview, down, verify, serve, test, bench
+)
 for infra_task in tasks_infra.TASKS:
-    if infra_task.name not in {"up", "down"}:  # ours wrap them with migrate + verify
-        ns.add_task(infra_task)
+    ns.add_task(infra_task)
 
 
 @task(
@@ -270,7 +289,7 @@ def retention(c: Context, dry_run: bool = False, policy: str = "") -> None:
     from app_patch import retention as sweep
 
     code = 0
-    with one_line_errors():
+    with _stack_errors():
         policies = sweep.parse_policies(policy)
         target = stack_ops.file_store_target()
         columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn())
@@ -294,7 +313,7 @@ def retention(c: Context, dry_run: bool = False, policy: str = "") -> None:
             else:
                 report = sweep.sweep_configured(
                     get_settings(),
-                    stack_ops.target_app_database_url(),
+                    stack_ops.app_database_url(),
                     dry_run=dry_run,
                     policies=policies,
                     on_progress=on_progress,
@@ -320,7 +339,7 @@ ns.add_task(retention)
 @task(help={"retry": "move this failed entry (job id or file name) back to pending"})
 def outbox(c: Context, retry: str = "") -> None:
     """List the outbox's pending and failed entries (where the files are, like retention)."""
-    with one_line_errors():
+    with _stack_errors():
         target = stack_ops.file_store_target()
         if retry:
             for line in in_stack.outbox_retry(target, retry):

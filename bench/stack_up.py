@@ -1,6 +1,6 @@
 """``invoke up`` to ready with the compose engine on Docker (cold: fresh volumes each time).
 
-Each repetition runs ``python -m bench.up_probe`` (the same ``infra.engine.up(engine="compose")``
+Each repetition runs ``python -m bench.up_probe`` (the same ``infra.stack_ops.up(engine="compose")``
 call as the ``up`` task, with its state file and rendered compose file redirected into the
 benchmark's scratch dir) and times the subprocess until it returns, i.e. until PostgreSQL and
 Redis are healthy, ``alembic upgrade head`` ran in the API container and the API container is
@@ -55,7 +55,7 @@ def docker_problem() -> str | None:
     except ImportError as exc:  # the [infra] extra is not installed
         return f"infra extra not installed ({exc})"
     try:
-        docker_host.ensure_dockerd()
+        docker_host.require_engine()
     except docker_host.DockerUnavailable as exc:
         return f"no Docker engine ({exc})"
     config = config_from_env(os.environ)

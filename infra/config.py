@@ -184,6 +184,18 @@ def config_from_env(environ: Mapping[str, str]) -> StackConfig:
     return config_from_source(environ.get, env_key)
 
 
+def config_to_env(config: StackConfig) -> dict[str, str]:
+    """The ``MA_INFRA_*`` variables that :func:`config_from_env` reads back as ``config``."""
+    env: dict[str, str] = {}
+    for spec_field in fields(StackConfig):
+        value = getattr(config, spec_field.name)
+        if value is None:
+            continue
+        spelled = str(value).lower() if isinstance(value, bool) else str(value)
+        env[env_key(spec_field.name)] = spelled
+    return env
+
+
 def secrets_for(mode: Mode) -> tuple[Secret, ...]:
     """The secrets a stack in ``mode`` needs (external: not those of the shared servers)."""
     return tuple(s for s in STACK_SECRETS if mode == "managed" or not s.managed_only)

@@ -65,13 +65,6 @@ def require_engine() -> None:
         )
 
 
-def ensure_dockerd() -> bool:
-    """Kept for existing callers: the same as :func:`require_engine` (it starts nothing any
-    more). Returns False: this call never started an engine."""
-    require_engine()
-    return False
-
-
 def container_state(name: str) -> ContainerState:
     with closing(client()) as engine:
         try:

@@ -14,15 +14,15 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from docker.errors import APIError, BuildError, DockerException, ImageNotFound
+from docker.errors import APIError, DockerException, ImageNotFound
 
 from infra.config import StackConfig
 from infra.docker_host import client
+from infra.progress import CommandFailed, Progress, Quiet, run_streaming
 from infra.spec import Stack
 from infra.stack import build_stack
 
@@ -66,10 +66,7 @@ def extra_ca_certs(bundle: Path = HOST_CA_BUNDLE, distro_glob: str = DISTRO_CA_G
     return "\n".join(extra)
 
 
-def build_all(
-    spec: Stack | None = None,
-    log: Callable[[str], None] = lambda line: None,
-) -> list[BuiltImage]:
+def build_all(spec: Stack | None = None, progress: Progress | None = None) -> list[BuiltImage]:
     """Build every image the spec builds locally (default: the managed stack's spec)."""
     spec = spec if spec is not None else build_stack(StackConfig())
     extra_ca = extra_ca_certs()
@@ -89,7 +86,7 @@ def build_all(
                 REPO_ROOT / service.build.context,
                 service.build.dockerfile,
                 args,
-                log,
+                progress,
             )
         )
     return built
@@ -100,15 +97,21 @@ def build_image(
     context: Path,
     dockerfile: str,
     args: dict[str, str],
-    log: Callable[[str], None] = lambda line: None,
+    progress: Progress | None = None,
 ) -> BuiltImage:
-    """One ``docker build`` (classic builder, cached layers, intermediate containers removed)."""
+    """One ``docker build`` (classic builder, cached layers, intermediate containers removed);
+    each build step goes to ``progress`` as it starts."""
+    reporter = progress or Quiet()
     started = time.monotonic()
-    log(f"building {tag} from {context}")
+    where = context.relative_to(REPO_ROOT) if context.is_relative_to(REPO_ROOT) else context
+    reporter.step(f"building {tag} from {where}")
     lines: list[str] = []
+    image_id = ""
     with closing(client(timeout_s=1800)) as engine:
         try:
-            image, stream = engine.images.build(
+            # The low-level API streams each step as the daemon runs it (images.build would
+            # return only when the build is over).
+            for chunk in engine.api.build(
                 path=str(context),
                 dockerfile=dockerfile,
                 tag=tag,
@@ -116,21 +119,27 @@ def build_image(
                 rm=True,
                 forcerm=True,
                 labels={"io.media-analysis-kit.stack": "media-analysis"},
-            )
-        except BuildError as exc:
-            tail = "".join(
-                str(chunk.get("stream", chunk.get("error", ""))) for chunk in exc.build_log
-            )
-            raise ImageBuildError(f"building {tag} failed: {exc.msg}\n{tail[-4000:]}") from None
+                decode=True,
+            ):
+                if not isinstance(chunk, dict):
+                    continue
+                if "error" in chunk:
+                    last = [line for line in lines if line.strip()][-1:] or [""]
+                    raise ImageBuildError(
+                        f"building {tag} failed: {str(chunk['error']).strip()} (after: {last[0]})"
+                    )
+                image_id = str((chunk.get("aux") or {}).get("ID") or image_id)
+                text = str(chunk.get("stream", "")).rstrip()
+                if text:
+                    lines.append(text)
+                    reporter.detail(text)
         except (APIError, DockerException) as exc:
             raise ImageBuildError(f"building {tag} failed: {exc}") from None
-        for chunk in stream:
-            text = str(chunk.get("stream", "")).rstrip() if isinstance(chunk, dict) else ""
-            if text:
-                lines.append(text)
+        if not image_id:
+            image_id = str(engine.images.get(tag).id)
     seconds = time.monotonic() - started
-    log(f"built {tag} in {seconds:.1f}s")
-    return BuiltImage(tag, str(image.id), seconds)
+    reporter.step(f"built {tag} in {seconds:.1f}s")
+    return BuiltImage(tag, image_id, seconds)
 
 
 def try_pull(tag: str, timeout_s: int = 60) -> bool:
@@ -148,13 +157,14 @@ def seed_base_image(
     suite: str = "bookworm",
     mirror: str = DEBIAN_MIRROR,
     pull_first: bool = True,
-    log: Callable[[str], None] = lambda line: None,
+    progress: Progress | None = None,
 ) -> str:
     """Make ``tag`` exist locally. Returns how: ``present``, ``pulled`` or ``debootstrapped``."""
     if image_exists(tag):
         return "present"
+    reporter = progress or Quiet()
     if pull_first and try_pull(tag):
-        log(f"pulled {tag}")
+        reporter.step(f"pulled {tag}")
         return "pulled"
     debootstrap = shutil.which("debootstrap")
     if debootstrap is None:
@@ -164,16 +174,13 @@ def seed_base_image(
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="seed-rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs"
-        log(f"debootstrapping {suite} (minbase) from {mirror}")
-        result = subprocess.run(
-            [debootstrap, "--variant=minbase", suite, str(rootfs), mirror],
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise ImageBuildError(f"debootstrap failed:\n{(result.stdout + result.stderr)[-3000:]}")
+        reporter.step(f"seeding {tag}: debootstrap {suite} (minbase) from {mirror}")
+        try:
+            run_streaming([debootstrap, "--variant=minbase", suite, str(rootfs), mirror],
+                          reporter, timeout_s=900)  # fmt: skip
+        except (CommandFailed, TimeoutError) as exc:
+            tail = exc.tail.splitlines()[-1:] if isinstance(exc, CommandFailed) else [str(exc)]
+            raise ImageBuildError(f"debootstrap failed: {(tail or [''])[0]}") from None
         _slim(rootfs)
         archive = Path(tmp) / "rootfs.tar"
         subprocess.run(
@@ -187,7 +194,7 @@ def seed_base_image(
                 tag=version or "latest",
                 changes=['CMD ["bash"]', "ENV LANG=C.UTF-8"],
             )
-    log(f"seeded {tag} in {time.monotonic() - started:.1f}s")
+    reporter.step(f"seeded {tag} in {time.monotonic() - started:.1f}s")
     return "debootstrapped"
 
 

@@ -26,13 +26,21 @@ from pathlib import Path
 import httpx
 
 from app_patch.errors import OperatorError
-from infra.engine import REPO_ROOT, STATE_FILE
+from infra.engines.record import state_dir
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
 
 # Beside the stack's record (``.data/`` unless MA_INFRA_STATE_FILE moves it): a test stack or
 # a second checkout has its own local API record too.
-DATA_DIR = STATE_FILE.parent
-PID_FILE = DATA_DIR / "api.pid"
-LOG_FILE = DATA_DIR / "api.log"
+def pid_file() -> Path:
+    return state_dir() / "api.pid"
+
+
+def log_file() -> Path:
+    return state_dir() / "api.log"
+
+
 INSTANCE_ENV = "MA_API_INSTANCE_ID"  # read by app_patch.health; echoed by /health/live
 
 
@@ -55,11 +63,11 @@ class Record:
     pid: int
     instance: str
     url: str
-    log_offset: int = 0  # where this process's output starts in LOG_FILE
+    log_offset: int = 0  # where this process's output starts in the log file
 
 
-def read_record(pid_file: Path | None = None) -> Record | None:
-    path = PID_FILE if pid_file is None else pid_file
+def read_record(pid_path: Path | None = None) -> Record | None:
+    path = pid_file() if pid_path is None else pid_path
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
         return Record(
@@ -73,8 +81,8 @@ def read_record(pid_file: Path | None = None) -> Record | None:
 
 
 def _write_record(record: Record) -> None:
-    PID_FILE.parent.mkdir(parents=True, exist_ok=True)
-    PID_FILE.write_text(json.dumps(asdict(record)), encoding="utf-8")
+    pid_file().parent.mkdir(parents=True, exist_ok=True)
+    pid_file().write_text(json.dumps(asdict(record)), encoding="utf-8")
 
 
 def _alive(pid: int) -> bool:
@@ -97,15 +105,15 @@ def _alive(pid: int) -> bool:
     return b"uvicorn" in cmdline
 
 
-def running_pid(pid_file: Path | None = None) -> int | None:
+def running_pid(pid_path: Path | None = None) -> int | None:
     """The recorded local API's pid when that process still runs."""
-    record = read_record(pid_file)
+    record = read_record(pid_path)
     return record.pid if record is not None and _alive(record.pid) else None
 
 
-def log_cause(offset: int = 0, log_file: Path | None = None) -> str:
+def log_cause(offset: int = 0, log_path: Path | None = None) -> str:
     """The API log's last line since ``offset`` (the last error line when there is one), quoted."""
-    path = LOG_FILE if log_file is None else log_file
+    path = log_file() if log_path is None else log_path
     try:
         with path.open("rb") as log:
             log.seek(max(0, offset))
@@ -190,9 +198,9 @@ def start(env: Mapping[str, str], host: str, port: int, timeout_s: float = 30) -
     problem = port_problem(host, port)
     if problem is not None:
         raise _taken(host, port, problem)
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    state_dir().mkdir(parents=True, exist_ok=True)
     instance = uuid.uuid4().hex
-    with open(LOG_FILE, "ab") as log:
+    with open(log_file(), "ab") as log:
         offset = log.tell()
         process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port)],
@@ -239,12 +247,12 @@ def confirm(url: str) -> str:
     record = read_record()
     if record is None:
         raise LocalApiError(
-            f"a local API at {url} is recorded but {PID_FILE} is missing or unreadable "
+            f"a local API at {url} is recorded but {pid_file()} is missing or unreadable "
             f"(no instance id to check): run invoke up; {log_cause(0)}"
         )
     if record.url != url:
         raise LocalApiError(
-            f"the stack records the local API at {url} but {PID_FILE} has {record.url}: "
+            f"the stack records the local API at {url} but {pid_file()} has {record.url}: "
             "run invoke up"
         )
     if not _alive(record.pid):
@@ -283,11 +291,11 @@ def stop(timeout_s: float = 15) -> bool:
     pid = running_pid()
     if pid is None:  # an older checkout's plain-pid file
         try:
-            legacy = int(PID_FILE.read_text(encoding="utf-8").strip())
+            legacy = int(pid_file().read_text(encoding="utf-8").strip())
         except (OSError, ValueError):
             legacy = 0
         pid = legacy if legacy > 0 and _alive(legacy) else None
     if pid is not None:
         _terminate(pid, timeout_s)
-    PID_FILE.unlink(missing_ok=True)
+    pid_file().unlink(missing_ok=True)
     return pid is not None

@@ -9,12 +9,19 @@ spec with :func:`infra.stack.build_stack` and registers:
 * one image per service (``docker.Image`` built locally without push, or ``docker.RemoteImage``);
 * one ``docker.Container`` per service, waiting for its healthcheck (``wait=True``), hardened
   as the spec says (capabilities, no-new-privileges, read-only root, tmpfs);
-* data safety (README "Pulumi: data safety"): the managed network and every volume are
-  ``retain_on_delete`` (``pulumi destroy`` or a switch to external mode leaves them in Docker)
-  and ignore the inputs the provider would replace them for (:data:`VOLUME_IGNORE_CHANGES`,
-  :data:`NETWORK_IGNORE_CHANGES`); containers run the built image by its id (``repo_digest``),
-  and every read-back input is spelled as the provider reads it back (:func:`canonical_cpus`,
+* data safety (README "Pulumi: data safety"): the managed network, every volume and the two
+  managed servers are ``retain_on_delete``: ``pulumi destroy`` or a switch to external mode
+  leaves them in Docker (the switch thereby hands the running servers over, and external mode
+  finds them by name). Network and volumes also ignore the inputs the provider would replace
+  them for (:data:`VOLUME_IGNORE_CHANGES`, :data:`NETWORK_IGNORE_CHANGES`). A retained server
+  that must be *replaced* (its image rebuilt, a rotated server password) keeps running under
+  its fixed name, so the provider's delete-before-replace would collide with it: ``invoke up``
+  removes such a server first (its data stays in its volume); by hand, ``docker rm -f`` it
+  before ``pulumi up``. Containers run the built image by its id (``repo_digest``), and every
+  read-back input is spelled as the provider reads it back (:func:`canonical_cpus`,
   :func:`go_duration`), so an unchanged stack diffs to nothing;
+* every container carries the stack's owner label (``pulumi:<project>/<stack>``), so the
+  ``invoke`` tasks of another checkout or stack refuse to touch it;
 * its secret files as ``uploads`` (content from secret config, owner and mode from the spec).
   The Engine API refuses any upload into a container whose root filesystem is read-only
   ("container rootfs is marked read-only", even for a path inside a volume), so a read-only
@@ -30,7 +37,7 @@ Nothing secret is ever an env var or an argument: ``docker inspect`` shows none.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TypeVar
@@ -72,9 +79,13 @@ class Rendered:
 
 
 def render(
-    spec: Stack, secrets: Mapping[str, pulumi.Output[str]], root: Path = REPO_ROOT
+    spec: Stack,
+    secrets: Mapping[str, pulumi.Output[str]],
+    root: Path = REPO_ROOT,
+    retained: frozenset[str] = frozenset(),
 ) -> Rendered:
-    """Register the resources for ``spec``; ``secrets`` maps secret names to outputs."""
+    """Register the resources for ``spec``; ``secrets`` maps secret names to outputs; the
+    containers named in ``retained`` (the managed servers) are left running by a delete."""
     rendered = Rendered()
     for network in spec.networks:
         if network.external:
@@ -105,7 +116,7 @@ def render(
         if uploads and service.hardening.read_only:
             _secret_loader(service, uploads, rendered)
             uploads = []
-        container = _container(service, rendered, uploads)
+        container = _container(service, rendered, uploads, service.name in retained)
         rendered.containers[service.name] = container
         if service.limits.pids is not None:
             rendered.pids_limits[service.name] = PidsLimit(
@@ -192,7 +203,10 @@ def _secret_loader(
 
 
 def _container(
-    service: Service, rendered: Rendered, uploads: list[docker.ContainerUploadArgs]
+    service: Service,
+    rendered: Rendered,
+    uploads: list[docker.ContainerUploadArgs],
+    retain: bool = False,
 ) -> docker.Container:
     image = rendered.images[service.name]
     # The image id, never the tag: the provider's docs say imageName "will not cause any updates
@@ -267,7 +281,7 @@ def _container(
         must_run=True,
         wait=service.healthcheck is not None,
         wait_timeout=WAIT_TIMEOUT_S,
-        opts=pulumi.ResourceOptions(depends_on=depends_on),
+        opts=pulumi.ResourceOptions(depends_on=depends_on, retain_on_delete=retain or None),
     )
 
 
@@ -428,9 +442,11 @@ def declare(config: pulumi.Config) -> Program:
         canonical_cpus(stack_config.api_cpus)
     except ValueError as exc:
         raise pulumi.RunError(f"{pulumi_key('api_cpus')}: {exc}") from None
-    spec = build_stack(stack_config)
+    spec = build_stack(stack_config, stack_owner())
     secrets = {secret.name: config.require_secret(secret.setting) for secret in spec.secrets}
-    rendered = render(spec, secrets)
+    managed = stack_config.mode == "managed"
+    servers = frozenset({stack_config.postgres_host, stack_config.redis_host} if managed else ())
+    rendered = render(spec, secrets, retained=servers)
     api_port = next(
         p for p in spec.service(stack_config.api_name).ports if p.container_port == API_PORT
     )
@@ -439,8 +455,31 @@ def declare(config: pulumi.Config) -> Program:
         "networkName": rendered.network_names[stack_config.network_name],
         "volumeNames": [volume.name for volume in rendered.volumes.values()],
         "mode": stack_config.mode,
+        "owner": stack_owner(),
+        # What `invoke` needs to reach the servers from the Docker host (their addresses are
+        # looked up there): the settings in clear, the connection passwords as a secret.
+        "stackConfig": asdict(stack_config),
+        "connectionSecrets": pulumi.Output.secret(
+            {name: secrets[name] for name in CONNECTION_SECRETS if name in secrets}
+        ),
     }
     return Program(spec, rendered, outputs)
+
+
+CONNECTION_SECRETS = (
+    "postgres_password",
+    "postgres_owner_password",
+    "postgres_app_password",
+    "redis_app_password",
+)
+"""The passwords the ``invoke`` tasks use against a running stack (role upkeep as the bootstrap
+superuser in managed mode, migrations as the schema owner, checks as the app roles): exported
+as one secret output, shown only with ``--show-secrets``."""
+
+
+def stack_owner() -> str:
+    """The owner label of this stack's containers: ``pulumi:<project>/<stack>``."""
+    return f"pulumi:{pulumi.get_project()}/{pulumi.get_stack()}"
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ network and servers by name and declares only what belongs to the API (its conta
 
 from __future__ import annotations
 
+from dataclasses import replace
 from urllib.parse import quote
 
 from app_patch.db_roles import init_sql
@@ -44,6 +45,9 @@ PG_VOLUME = "pg-data"
 REDIS_VOLUME = "redis-data"
 STORAGE_VOLUME = "media-storage"
 LABELS = {"io.media-analysis-kit.stack": PROJECT}
+OWNER_LABEL = "io.media-analysis-kit.owner"
+"""Every container of a stack carries its owner (``infra.engines.record``): tasks compare it with
+their checkout's record before they touch a container."""
 
 # The entrypoints start as root only to read their root-only secret files and drop to their
 # service user with setpriv (setresuid/setresgid/setgroups): SETUID and SETGID, nothing else.
@@ -64,8 +68,9 @@ _READY_PROBE = (
 )
 
 
-def build_stack(config: StackConfig) -> Stack:
-    """The spec for ``config`` (validated first)."""
+def build_stack(config: StackConfig, owner: str | None = None) -> Stack:
+    """The spec for ``config`` (validated first); with ``owner``, every container carries it
+    in :data:`OWNER_LABEL`."""
     config.validate()
     managed = config.mode == "managed"
     network = Network(config.network_name, external=not managed, labels=LABELS if managed else {})
@@ -74,6 +79,8 @@ def build_stack(config: StackConfig) -> Stack:
     if managed:
         volumes = [Volume(PG_VOLUME, labels=LABELS), Volume(REDIS_VOLUME, labels=LABELS), *volumes]
         services = [postgres_service(config), redis_service(config), *services]
+    if owner:
+        services = [replace(s, labels={**s.labels, OWNER_LABEL: owner}) for s in services]
     return Stack(
         project=PROJECT if managed else EXTERNAL_PROJECT,
         networks=(network,),

@@ -1,16 +1,20 @@
-"""The main job, end to end: bring the stack up, migrate it, verify it.
+"""The operator tasks' logic, over the engines (:mod:`infra.engines`): which stack a task
+acts on, where its files are, and the main job (up, migrate, verify).
 
-Whatever engine ``infra.engine`` picks, the result is the same set of endpoints; the
-embedded engine gets a local API process so that every engine ends with an API to check.
+A task acts on the stack this checkout's ``up`` recorded, through that stack's engine, or on
+what the operator names explicitly (``MA_DB_URL``, ``MA_DB_MIGRATION_URL``,
+``MA_STORAGE_ROOT``); with neither it refuses in one line (:data:`NOTHING_STARTED`) and starts
+nothing. Containers another checkout owns are refused by the engines.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Mapping
 from pathlib import Path
 
+import httpx
 from docker.errors import DockerException
 
 from app_patch import migrate as migrations
@@ -20,67 +24,38 @@ from app_patch.errors import OperatorError
 from app_patch.migrate import UpgradeReport
 from app_patch.settings import get_settings
 from app_patch.target import migration_url
-from infra import docker_host, local_api
-from infra import engine as stack_engine
+from infra import docker_host, engines
 from infra.config import (
     STACK_SECRETS,
     ConfigError,
     StackConfig,
     config_from_env,
-    secrets_for,
     secrets_from_env,
 )
-from infra.engine import Engine, StackEndpoints
+from infra.engines import NOTHING_STARTED, EngineKind, StackEndpoints, UpRequest, containers, record
 from infra.in_stack import ContainerTarget, FileStoreTarget, LocalTarget, StackNotRunningError
+from infra.progress import Progress
 from infra.smoke import SmokeTarget, run_smoke
-from infra.verify_containers import CheckResult, run_checks
+from infra.verify_containers import CheckResult
 
-Log = Callable[[str], None]
-
-
-NOTHING_STARTED = "nothing was started by this checkout: run invoke up first"
-
-
-def current_endpoints() -> StackEndpoints:
-    """For the tasks that write (migrate, retention, outbox): endpoints of the stack ``up``
-    started (passwords from the environment), or of the embedded default when nothing was
-    started (its servers are started when needed). Read-only tasks use
-    :func:`recorded_endpoints`, which starts nothing."""
-    kind = stack_engine.recorded_engine()
-    if kind in {Engine.COMPOSE, Engine.PULUMI}:
-        return _container_endpoints(kind)
-    settings = get_settings()
-    embedded = stack_engine.embedded_up()
-    redis_url = settings.redis.url.get_secret_value() if settings.redis.url else embedded.redis_url
-    api_url = stack_engine.recorded_local_api() if kind is Engine.EMBEDDED else None
-    return StackEndpoints(
-        Engine.EMBEDDED, embedded.database_url, redis_url, api_url, embedded.app_database_url
-    )
+__all__ = ["NOTHING_STARTED", "StackEndpoints"]
+CONTAINER_ENGINES = {EngineKind.COMPOSE, EngineKind.PULUMI}
 
 
 def recorded_endpoints() -> StackEndpoints:
-    """For read-only tasks (verify, db-status): the stack this checkout's ``up`` recorded,
-    found without starting anything. With no record, the database MA_DB_URL names
-    explicitly; with neither, an :class:`OperatorError` (:data:`NOTHING_STARTED`)."""
+    """The stack this checkout's ``up`` recorded, found without starting anything (for every
+    task). With no record, the database MA_DB_URL names explicitly; with neither, an
+    :class:`OperatorError` (:data:`NOTHING_STARTED`)."""
     settings = get_settings()
-    kind = stack_engine.recorded_engine()
-    if kind in {Engine.COMPOSE, Engine.PULUMI}:
-        return _container_endpoints(kind)
-    if kind is Engine.EMBEDDED:
-        endpoints = stack_engine.embedded_attach()
-        if endpoints is None:
-            raise OperatorError(
-                f"the embedded PostgreSQL that invoke up started "
-                f"({stack_engine.embedded_data_dir() / 'pg'}) "
-                "is not running: run invoke up"
-            )
-        return endpoints
+    if record.load() is not None:
+        engine, found = engines.recorded()
+        return engine.attach(found)
     if settings.db.url is None:
         raise OperatorError(NOTHING_STARTED)
     app_url = settings.db.url.get_secret_value()
     owner_url = migration_url(settings)
     return StackEndpoints(
-        Engine.EMBEDDED,  # checked from here, like the embedded stack
+        EngineKind.EMBEDDED,  # checked from here, like the embedded stack
         owner_url,
         settings.redis.url.get_secret_value() if settings.redis.url else None,
         None,
@@ -88,47 +63,23 @@ def recorded_endpoints() -> StackEndpoints:
     )
 
 
-def _container_endpoints(kind: Engine) -> StackEndpoints:
-    docker_host.require_engine()
-    try:
-        config = stack_engine.recorded_config() or config_from_env(os.environ)
-        secrets = secrets_from_env(os.environ, secrets_for(config.mode))
-    except ConfigError as exc:
-        raise OperatorError(str(exc)) from None
-    try:
-        return stack_engine.compose_endpoints(config, secrets, kind)
-    except (DockerException, LookupError) as exc:
-        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise OperatorError(
-            f"the recorded {kind} stack is not running ({detail}): run invoke up"
-        ) from None
-
-
-def target_database_url() -> str:
-    """For migrate/db-status: the schema owner's URL. MA_DB_MIGRATION_URL(_FILE), else
-    MA_DB_URL / DATABASE_URL (a single-role setup), else the running stack's owner."""
-    settings = get_settings()
-    if settings.db.migration_url is not None or settings.db.url is not None:
-        return migration_url(settings)
-    return current_endpoints().database_url
-
-
-def status_database_url() -> str:
-    """For db-status (read-only): like :func:`target_database_url`, but never starts a server:
-    the explicit URLs, else the recorded stack's owner, else :data:`NOTHING_STARTED`."""
+def owner_database_url() -> str:
+    """For migrate and db-status: the schema owner's URL. MA_DB_MIGRATION_URL(_FILE), else
+    MA_DB_URL / DATABASE_URL (a single-role setup), else the recorded stack's owner role;
+    with none of them, :data:`NOTHING_STARTED` (nothing is started to have a database)."""
     settings = get_settings()
     if settings.db.migration_url is not None or settings.db.url is not None:
         return migration_url(settings)
     return recorded_endpoints().database_url
 
 
-def target_app_database_url() -> str:
+def app_database_url() -> str:
     """For retention and the outbox run here: the application role's URL (MA_DB_URL, else
-    the running stack's app role; the owner's only where no app role exists)."""
+    the recorded stack's app role; the owner's only where no app role exists)."""
     settings = get_settings()
     if settings.db.url is not None:
         return settings.db.url.get_secret_value()
-    endpoints = current_endpoints()
+    endpoints = recorded_endpoints()
     return endpoints.app_database_url or endpoints.database_url
 
 
@@ -140,34 +91,38 @@ def file_store_target(environ: Mapping[str, str] | None = None) -> FileStoreTarg
     """Where retention and the outbox tools must run: where the files are.
 
     Here when the operator named the store or the database explicitly (an explicit wrong
-    root is then refused by the library against the database), or when no container stack
-    is recorded; otherwise inside the recorded stack's API container, the only place that
-    mounts the ``media-storage`` volume. A recorded stack whose API container is not running
-    is a :class:`StackNotRunningError` (one line: start it), never a silent local run.
+    root is then refused by the library against the database), or for a recorded embedded
+    stack; inside the recorded container stack's API container otherwise, the only place that
+    mounts the ``media-storage`` volume (after proving the container is this checkout's). No
+    record and nothing explicit: :data:`NOTHING_STARTED`. A recorded stack whose API container
+    is not running is a :class:`StackNotRunningError` (one line: start it), never a silent
+    local run.
     """
     env = os.environ if environ is None else environ
     explicit = [name for name in EXPLICIT_STORE_VARS if env.get(name, "").strip()]
     if explicit:
         return LocalTarget(f"{', '.join(explicit)} set in the environment")
-    kind = stack_engine.recorded_engine()
-    if kind not in {Engine.COMPOSE, Engine.PULUMI}:
-        return LocalTarget(f"no container stack recorded in {stack_engine.STATE_FILE}")
+    found = record.load()
+    if found is None:
+        raise OperatorError(NOTHING_STARTED)
+    if found.engine not in CONTAINER_ENGINES:
+        return LocalTarget(f"the {found.engine} stack recorded in {record.state_file()}")
     try:
-        config = stack_engine.recorded_config() or config_from_env(env)
+        config = found.config or config_from_env(env)
+        owned = containers.require_owned(found, "run there")
     except ConfigError as exc:
         raise OperatorError(str(exc)) from None
-    name = config.api_name
-    try:
-        state = docker_host.container_state(name)
     except (DockerException, OSError) as exc:
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise StackNotRunningError(
-            f"a {kind} stack is recorded but no Docker engine answers ({detail}): "
+            f"a {found.engine} stack is recorded but no Docker engine answers ({detail}): "
             "start it with `invoke up`"
         ) from None
-    if state.status != "running":
+    name = config.api_name
+    status = next((c.status for c in owned if c.name == name), "missing")
+    if status != "running":
         raise StackNotRunningError(
-            f"the API container {name} of the {kind} stack is {state.status}, and the media "
+            f"the API container {name} of the {found.engine} stack is {status}, and the media "
             "volume is only mounted there: start it with `invoke up`"
         )
     return ContainerTarget(name)
@@ -211,7 +166,8 @@ def ensure_db_roles(
     env = os.environ if environ is None else environ
     url = admin_url(admin_url_file, env)
     try:
-        config = stack_engine.recorded_config() or config_from_env(env)
+        recorded_stack = record.load()
+        config = (recorded_stack.config if recorded_stack else None) or config_from_env(env)
         wanted = tuple(
             s
             for s in STACK_SECRETS
@@ -231,62 +187,89 @@ def ensure_db_roles(
     return config, redacted(url)
 
 
-def up(*, engine: str | None, build: bool, log: Log, port: int = 0) -> StackEndpoints:
-    """Start the stack; the embedded engine also gets a local API (on ``port``, default
-    MA_API_PORT), whose port is checked before any server starts."""
-    kind = stack_engine.choose_engine(engine)  # a probe: starts nothing
-    settings = get_settings()
-    if port and kind is not Engine.EMBEDDED:
+def up(*, engine: str | None, build: bool, progress: Progress, port: int = 0) -> StackEndpoints:
+    """Start the stack with the chosen engine (a probe picks it: nothing is started to
+    choose). ``port`` is the embedded engine's local API port."""
+    chosen = engines.choose(engine)
+    if port and chosen.kind is not EngineKind.EMBEDDED:
         raise OperatorError(
-            f"--port is for the embedded engine's local API; the {kind} stack publishes its "
-            "API on MA_INFRA_API_HOST_PORT"
+            f"--port is for the embedded engine's local API; the {chosen.kind} stack publishes "
+            "its API on MA_INFRA_API_HOST_PORT"
         )
-    host, api_port = settings.api.host, port or settings.api.port
-    if kind is Engine.EMBEDDED:
-        local_api.check_can_start(host, api_port)
-    endpoints = stack_engine.up(engine=kind, build=build, migrate=False, log=log)
-    if endpoints.engine is Engine.EMBEDDED:
-        stack_engine.record_local_api(f"http://{host}:{api_port}")  # verify expects it now
-        env = {"MA_DB_URL": endpoints.app_database_url or endpoints.database_url}
-        if endpoints.redis_url:
-            env["MA_REDIS_URL"] = endpoints.redis_url
-        api_url = local_api.start(env, host, api_port)
-        log(f"local API pid {local_api.running_pid()} answers as ours on {api_url}")
-        endpoints = dataclasses.replace(endpoints, api_url=api_url)
-    return endpoints
+    progress.step(f"engine: {chosen.kind}")
+    return chosen.up(UpRequest(build=build, api_port=port), progress)
+
+
+def wait_api_ready(endpoints: StackEndpoints, timeout_s: float = 300) -> None:
+    """Wait (bounded) until the API answers ``/health/ready`` with 200: after ``up`` migrated
+    the schema, the API's readiness (which checks the schema) follows within seconds. A
+    container API is also waited for until Docker's own healthcheck says healthy."""
+    if endpoints.api_url is None:
+        return
+    url = f"{endpoints.api_url}/health/ready"
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while True:
+        try:
+            answer = httpx.get(url, timeout=5)
+            if answer.status_code == 200:
+                break
+            last = f"HTTP {answer.status_code}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        if time.monotonic() >= deadline:
+            raise OperatorError(
+                f"the API at {endpoints.api_url} is not ready after {timeout_s:.0f}s ({last})"
+            )
+        time.sleep(1)
+    found = record.load()
+    if endpoints.engine in CONTAINER_ENGINES and found is not None and found.config is not None:
+        remaining = max(1.0, deadline - time.monotonic())
+        docker_host.wait_healthy([found.config.api_name], timeout_s=remaining)
+
+
+def preview(*, engine: str | None, progress: Progress) -> tuple[EngineKind, str]:
+    """What ``up`` would change, with the engine ``up`` would choose; changes nothing."""
+    chosen = engines.choose(engine)
+    return chosen.kind, chosen.preview(progress)
 
 
 def migrate(endpoints: StackEndpoints) -> UpgradeReport:
+    """The one migration path of ``up``: ``alembic upgrade head`` from here, as the schema
+    owner (never from the API container, which holds only the app role's URL)."""
     return migrations.upgrade(endpoints.database_url)
 
 
-def down(*, volumes: bool, log: Log) -> Engine:
-    if local_api.stop():
-        log("stopped the local API")
-    return stack_engine.down(remove_volumes=volumes, log=log)
+def down_plan() -> tuple[engines.StackEngine, record.StackRecord, engines.DownPlan]:
+    """The recorded stack, its engine and what ``down`` would remove; changes nothing."""
+    engine, found = engines.recorded()
+    return engine, found, engine.down_plan(found)
+
+
+def down(
+    engine: engines.StackEngine, found: record.StackRecord, *, volumes: bool, progress: Progress
+) -> None:
+    engine.down(found, remove_volumes=volumes, progress=progress)
+    record.clear()
 
 
 def verify(endpoints: StackEndpoints) -> list[CheckResult]:
-    """Smoke checks for every engine, plus the testinfra container checks for containers.
-
-    A local API the stack records must be running and answer as ours (its instance id) first:
-    a :class:`local_api.LocalApiError` (one line, with the API log's cause) otherwise."""
-    if endpoints.engine is Engine.EMBEDDED and endpoints.api_url is not None:
-        local_api.confirm(endpoints.api_url)
+    """The engine's own checks (a local API that must be ours; the container checks) and the
+    smoke checks every engine shares."""
+    engine = engines.get(endpoints.engine)
+    engine_results = engine.checks(endpoints)
     local_storage: Path | None = None
-    app_database_url = None  # containers: verify_containers checks the API's own URL file
-    if endpoints.engine is Engine.EMBEDDED:
+    app_url = None  # containers: verify_containers checks the API's own URL file
+    if endpoints.engine is EngineKind.EMBEDDED:
         local_storage = get_settings().storage.root
-        app_database_url = endpoints.app_database_url
+        app_url = endpoints.app_database_url
     results = run_smoke(
         SmokeTarget(
             database_url=endpoints.database_url,
             redis_url=endpoints.redis_url,
             api_url=endpoints.api_url,
             storage_root=local_storage,
-            app_database_url=app_database_url,
+            app_database_url=app_url,
         )
     )
-    if endpoints.engine in {Engine.COMPOSE, Engine.PULUMI}:
-        results += run_checks()
-    return results
+    return results + engine_results

@@ -1,7 +1,8 @@
 """Invoke tasks for the container stack; ``tasks.py`` adds them to its collection.
 
-Names as invoke shows them: ``compose``, ``images``, ``seed-base-image``, ``up``, ``down``,
-``verify-containers``. Each is a thin shell around library code and exits non-zero with one
+Names as invoke shows them: ``compose``, ``images``, ``seed-base-image``,
+``verify-containers`` (``up``, ``down``, ``preview`` and ``verify`` are in ``tasks.py``, over
+:mod:`infra.engines`). Each is a thin shell around library code and exits non-zero with one
 clear line (or the rich check table) on failure.
 """
 
@@ -11,17 +12,17 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from invoke import Context, Exit, task
 from rich.console import Console
 
 from infra import compose, images, secrets_file
-from infra import engine as stack_engine
 from infra import verify_containers as checks
-from infra.compose_engine import ComposeError
 from infra.config import ConfigError, config_from_env, secrets_from_env
-from infra.docker_host import DockerUnavailable, ensure_dockerd
+from infra.docker_host import DockerUnavailable, require_engine
 from infra.images import ImageBuildError
+from infra.progress import RichProgress
 from infra.stack import build_stack
 
 console = Console(soft_wrap=True)
@@ -35,15 +36,14 @@ def clear_errors() -> Iterator[None]:
         ConfigError,
         DockerUnavailable,
         ImageBuildError,
-        ComposeError,
-        stack_engine.EngineError,
         TimeoutError,
     ) as exc:
         raise Exit(f"error: {exc}", code=1) from None
 
 
-def _log(line: str) -> None:
-    console.print(f"[dim]{line}[/dim]")
+def progress() -> RichProgress:
+    """How every task shows long operations: steps, and the running one's latest line."""
+    return RichProgress(console)
 
 
 @task(name="compose", help={"path": "where to write it (default infra/rendered/compose.yml)"})
@@ -59,9 +59,10 @@ def compose_file(c: Context, path: str = "") -> None:
 def seed_base_image(c: Context) -> None:
     """Provide debian:bookworm-slim: pull it, or debootstrap and import it (~25 s)."""
     with clear_errors():
-        ensure_dockerd()
+        require_engine()
         config = config_from_env(os.environ)
-        how = images.seed_base_image(config.base_image, log=_log)
+        with progress().live() as shown:
+            how = images.seed_base_image(config.base_image, progress=shown)
     console.print(f"{config.base_image}: {how}")
 
 
@@ -69,38 +70,13 @@ def seed_base_image(c: Context) -> None:
 def build_images(c: Context) -> None:
     """Build the local images (API; PostgreSQL/Redis when buildLocalImages)."""
     with clear_errors():
-        ensure_dockerd()
+        require_engine()
         config = config_from_env(os.environ)
-        images.seed_base_image(config.base_image, log=_log)
-        built = images.build_all(build_stack(config), log=_log)
+        with progress().live() as shown:
+            images.seed_base_image(config.base_image, progress=shown)
+            built = images.build_all(build_stack(config), progress=shown)
     for image in built:
         console.print(f"{image.tag}: {image.seconds:.1f}s")
-
-
-@task(
-    help={
-        "engine": "pulumi, compose or embedded (default: the first that fits)",
-        "no_build": "use existing images",
-        "no_migrate": "skip alembic upgrade head (run from here as the schema owner)",
-    }
-)
-def up(c: Context, engine: str = "", no_build: bool = False, no_migrate: bool = False) -> None:
-    """Start the stack from the MA_INFRA_* settings (passwords: MA_INFRA_*_PASSWORD)."""
-    with clear_errors():
-        endpoints = stack_engine.up(
-            engine=engine or None, build=not no_build, migrate=not no_migrate, log=_log
-        )
-    console.print(f"[green]up[/green] with {endpoints.engine}")
-    if endpoints.api_url:
-        console.print(f"API: {endpoints.api_url}")
-
-
-@task(help={"volumes": "also delete the stack's own volumes (its data)"})
-def down(c: Context, volumes: bool = False) -> None:
-    """Stop what `up` started; data volumes are kept unless --volumes."""
-    with clear_errors():
-        kind = stack_engine.down(remove_volumes=volumes, log=_log)
-    console.print(f"[green]down[/green] ({kind})")
 
 
 @task
@@ -124,4 +100,4 @@ def write_secret_files() -> Path:
     return secrets_file.SECRETS_ROOT
 
 
-TASKS = (compose_file, build_images, seed_base_image, up, down, verify_containers)
+TASKS: tuple[Any, ...] = (compose_file, build_images, seed_base_image, verify_containers)

@@ -193,9 +193,10 @@ def run_check(name: str, check: Callable[[], str]) -> CheckResult:
 
 
 def _recorded_config() -> StackConfig:
-    from infra.engine import recorded_config
+    from infra.engines import record
 
-    return recorded_config() or config_from_env(os.environ)
+    found = record.load()
+    return (found.config if found else None) or config_from_env(os.environ)
 
 
 def _local() -> Any:

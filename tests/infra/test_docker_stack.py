@@ -46,16 +46,18 @@ from redis.exceptions import NoPermissionError
 from app_patch.db_roles import role_problems
 from infra import (
     compose,
-    compose_engine,
     docker_host,
-    engine,
     images,
     secrets_file,
     stack_ops,
     verify_containers,
 )
-from infra.config import STACK_SECRETS, StackConfig, env_key
+from infra.config import STACK_SECRETS, StackConfig, config_to_env, env_key
+from infra.engines import EngineKind, StackEndpoints, UpRequest, record
+from infra.engines import compose as compose_engine
+from infra.engines.containers import redis_url
 from infra.in_stack import ContainerTarget, LocalTarget, StackNotRunningError
+from infra.progress import Lines
 from infra.pulumi_program import _PidsLimitProvider
 from infra.stack import build_stack
 from infra.verify_containers import report, run_checks
@@ -73,7 +75,7 @@ WRONG_ROOT = Path("/nonexistent/wrong-root")
 class Deployed:
     config: StackConfig
     passwords: dict[str, str]
-    endpoints: engine.StackEndpoints
+    endpoints: StackEndpoints
     timings: dict[str, float]
     shared: dict[str, Any] = field(default_factory=dict)
 
@@ -106,7 +108,7 @@ def _operator_env(stack: Deployed, **extra: str) -> dict[str, str]:
            if not k.startswith("MA_") and k not in {"DATABASE_URL", "REDIS_URL"}}  # fmt: skip
     env.update({env_key(name): value for name, value in stack.passwords.items()})
     env.update(
-        MA_INFRA_STATE_FILE=str(engine.STATE_FILE),
+        MA_INFRA_STATE_FILE=str(record.state_file()),
         MA_INFRA_SECRETS_DIR=str(secrets_file.SECRETS_ROOT),
         COLUMNS="120",
     )
@@ -176,39 +178,73 @@ def _passwords() -> dict[str, str]:
     return {s.name: f"{s.setting[:8]}-{secrets.token_hex(6)} $/:@x" for s in STACK_SECRETS}
 
 
+def _stack_env(config: StackConfig, passwords: dict[str, str]) -> dict[str, str]:
+    """The environment `invoke up` reads: ``config`` and ``passwords`` as MA_INFRA_* values."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MA_INFRA_")}
+    env.update(config_to_env(config))
+    env.update({env_key(name): value for name, value in passwords.items()})
+    env["MA_INFRA_STATE_FILE"] = str(record.state_file())
+    return env
+
+
+def _up(config: StackConfig, passwords: dict[str, str]) -> StackEndpoints:
+    """What `invoke up` does with the compose engine (without building and verifying)."""
+    engine = compose_engine.ComposeEngine(_stack_env(config, passwords))
+    endpoints = engine.up(UpRequest(build=False), Lines())
+    stack_ops.migrate(endpoints)
+    stack_ops.wait_api_ready(endpoints)
+    return endpoints
+
+
+def _down(volumes: bool = False) -> None:
+    """What `invoke down [--volumes --yes]` does: the recorded stack, if any."""
+    if record.load() is None:
+        return
+    engine, found, _ = stack_ops.down_plan()
+    stack_ops.down(engine, found, volumes=volumes, progress=Lines())
+
+
+def _clean_slate(config: StackConfig) -> None:
+    """Remove this project's containers and volumes whoever started them (a test's reset)."""
+    spec = build_stack(config)
+    compose_engine.stop(spec, record.state_dir() / "reset-compose.yml", remove_volumes=True)
+    record.clear()
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     state_file = tmp_path_factory.mktemp("infra-state") / "infra-stack.json"
     secrets_root = tmp_path_factory.mktemp("infra-secrets")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(engine, "STATE_FILE", state_file)
+        patch.setenv("MA_INFRA_STATE_FILE", str(state_file))
         # The containers' secret files too: not the checkout's .data/secrets.
         patch.setattr(secrets_file, "SECRETS_ROOT", secrets_root)
         timings: dict[str, float] = {}
         started = time.monotonic()
-        docker_host.ensure_dockerd()
-        images.seed_base_image(log=print)
+        docker_host.require_engine()
+        images.seed_base_image(progress=Lines())
         timings["engine_and_base_image_s"] = time.monotonic() - started
 
         config = StackConfig(api_host_port=_free_port())
         spec = build_stack(config)
         # A clean slate: volumes of an earlier run were initialised with other passwords.
-        compose_engine.down(spec, remove_volumes=True)
+        _clean_slate(config)
 
         started = time.monotonic()
-        for built in images.build_all(spec, log=print):
+        for built in images.build_all(spec, progress=Lines()):
             timings[f"build {built.tag}_s"] = built.seconds
         timings["build_all_s"] = time.monotonic() - started
 
         passwords = _passwords()
         started = time.monotonic()
-        endpoints = engine.up(config, passwords, engine="compose", build=False, log=print)
+        endpoints = _up(config, passwords)
         timings["up_to_ready_s"] = time.monotonic() - started
         print(f"timings: {timings}")
         try:
             yield Deployed(config, passwords, endpoints, timings)
         finally:
-            engine.down(remove_volumes=True, engine="compose")
+            _down(volumes=True)
+            _clean_slate(config)
 
 
 def test_rendered_compose_file_is_accepted_by_the_compose_cli(tmp_path: Path) -> None:
@@ -219,7 +255,7 @@ def test_rendered_compose_file_is_accepted_by_the_compose_cli(tmp_path: Path) ->
 
 
 def test_stack_comes_up_healthy(stack: Deployed) -> None:
-    assert stack.endpoints.engine is engine.Engine.COMPOSE
+    assert stack.endpoints.engine is EngineKind.COMPOSE
     assert stack.endpoints.api_url == f"http://127.0.0.1:{stack.config.api_host_port}"
     for name in (stack.config.postgres_host, stack.config.redis_host, stack.config.api_name):
         assert docker_host.container_state(name).healthy, name
@@ -447,7 +483,7 @@ def app_is_ready(stack: Deployed) -> bool:
 
 def _redis_admin(stack: Deployed) -> redis.Redis:
     address = docker_host.container_ip(stack.config.redis_host, stack.config.network_name)
-    url = engine.redis_url(
+    url = redis_url(
         stack.config, stack.config.redis_admin_user, stack.passwords["redis_password"], address
     )
     return redis.Redis.from_url(url, socket_timeout=10)
@@ -538,7 +574,7 @@ def test_rotating_the_api_passwords_is_one_up(stack: Deployed) -> None:
     ids = {
         n: docker_host.inspect(n)["Id"] for n in (stack.config.postgres_host, stack.config.api_name)
     }
-    endpoints = engine.up(stack.config, rotated, engine="compose", build=False, log=print)
+    endpoints = _up(stack.config, rotated)
 
     assert docker_host.inspect(stack.config.postgres_host)["Id"] == ids[stack.config.postgres_host]
     assert docker_host.inspect(stack.config.api_name)["Id"] != ids[stack.config.api_name]
@@ -656,7 +692,7 @@ def test_tasks_refuse_in_one_line_when_the_api_container_is_not_running(
     stack: Deployed, tmp_path: Path
 ) -> None:
     """A recorded stack whose API container is gone: no silent run on the host's store."""
-    state = json.loads(engine.STATE_FILE.read_text(encoding="utf-8"))
+    state = json.loads(record.state_file().read_text(encoding="utf-8"))
     state["config"]["api_name"] = f"ma-no-such-api-{secrets.token_hex(3)}"
     other = tmp_path / "infra-stack.json"
     other.write_text(json.dumps(state), encoding="utf-8")
@@ -669,7 +705,7 @@ def test_tasks_refuse_in_one_line_when_the_api_container_is_not_running(
         assert state["config"]["api_name"] in line and "invoke up" in line, line
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(engine, "STATE_FILE", other)
+        patch.setenv("MA_INFRA_STATE_FILE", str(other))
         with pytest.raises(StackNotRunningError, match="invoke up"):
             stack_ops.file_store_target({})
 
@@ -686,7 +722,7 @@ def test_outbox_task_lists_and_retries_in_the_api_container(stack: Deployed) -> 
 
 
 def test_down_leaves_no_containers(stack: Deployed) -> None:
-    engine.down(engine="compose")
+    _down()
 
     listed = subprocess.run(
         ["docker", "ps", "-a", "--filter", f"label={PROJECT_LABEL}", "--format", "{{.Names}}"],
@@ -709,39 +745,103 @@ def test_down_leaves_no_containers(stack: Deployed) -> None:
     assert {"pg-data", "redis-data", "media-storage"} <= set(volumes)
 
 
-def test_external_mode_leaves_the_shared_servers_alone(
-    stack: Deployed, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Shared servers from a managed deployment (applied through the Docker API runner this
-    time), then the API alone in external mode with the compose CLI: their containers are
-    not recreated on up nor removed on down."""
+def test_external_mode_leaves_the_shared_servers_alone(stack: Deployed, tmp_path: Path) -> None:
+    """Shared servers from a managed deployment of one checkout; the API alone in external
+    mode from a second checkout (its own record and owner): the servers are not recreated on
+    its up nor removed on its down. The first checkout cannot switch itself to external (that
+    would remove the servers it manages): refused in one line."""
     pg, redis, api = stack.config.postgres_host, stack.config.redis_host, stack.config.api_name
     managed = StackConfig(api_host_port=stack.config.api_host_port)
-    monkeypatch.setenv("MA_INFRA_COMPOSE_RUNNER", "docker-py")
-    engine.up(managed, stack.passwords, engine="compose", build=False, migrate=False)
+    _up(managed, stack.passwords)  # the schema is at head already: the migration is a no-op
+    first_checkout = record.state_file()
     assert all(r.ok for r in run_checks(managed)), report(run_checks(managed))
     shared_before = {name: docker_host.inspect(name)["Id"] for name in (pg, redis)}
-    subprocess.run(["docker", "rm", "-f", api], check=True, capture_output=True, timeout=60)
 
     external = StackConfig(mode="external", api_host_port=stack.config.api_host_port)
-    monkeypatch.setenv("MA_INFRA_COMPOSE_RUNNER", "cli")
-    endpoints = engine.up(external, stack.passwords, engine="compose", build=False)
-    results = run_checks(external)
-    assert all(r.ok for r in results), report(results)
+    switch = _invoke(["up", "--no-build", "--no-verify"],
+                     {**_operator_env(stack), **config_to_env(external)})  # fmt: skip
+    assert switch.returncode == 1, switch.stdout + switch.stderr
+    line = _one_error_line(switch)
+    assert "refusing to switch to mode=external" in line and "invoke down" in line, line
     assert {name: docker_host.inspect(name)["Id"] for name in (pg, redis)} == shared_before
-    assert endpoints.api_url is not None
-    assert httpx.get(f"{endpoints.api_url}/health/ready", timeout=10).status_code == 200
 
-    engine.down(engine="compose")  # recorded config: external
+    subprocess.run(["docker", "rm", "-f", api], check=True, capture_output=True, timeout=60)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MA_INFRA_STATE_FILE", str(tmp_path / "second" / "infra-stack.json"))
+        endpoints = _up(external, stack.passwords)
+        results = run_checks(external)
+        assert all(r.ok for r in results), report(results)
+        assert {name: docker_host.inspect(name)["Id"] for name in (pg, redis)} == shared_before
+        assert endpoints.api_url is not None
+        assert httpx.get(f"{endpoints.api_url}/health/ready", timeout=10).status_code == 200
+        _down()  # the second checkout's record: external, its API only
     assert docker_host.container_state(api).status == "missing"
     for name in (pg, redis):
         assert docker_host.container_state(name).healthy, name
     assert docker_host.network_exists(stack.config.network_name)
 
-    monkeypatch.setenv("MA_INFRA_COMPOSE_RUNNER", "docker-py")
-    engine.down(remove_volumes=True, engine="compose", config=managed)
+    assert record.state_file() == first_checkout
+    _down(volumes=True)
     for name in (pg, redis, api):
         assert docker_host.container_state(name).status == "missing"
+
+
+def test_a_second_checkout_refuses_to_touch_the_first_checkouts_stack(
+    stack: Deployed, tmp_path: Path
+) -> None:
+    """Another checkout (its own record dir, so its own id) on the same host: with no record,
+    down/verify/db-status/retention say nothing was started; with a record of the same stack
+    but its own owner, down and verify refuse naming the containers and their owner. The
+    stack keeps running."""
+    config = StackConfig(api_host_port=stack.config.api_host_port)
+    if record.load() is None:
+        _up(config, stack.passwords)
+    ids = {n: docker_host.inspect(n)["Id"] for n in (config.postgres_host, config.api_name)}
+    owner = record.load().owner  # type: ignore[union-attr]
+    second = tmp_path / "second-checkout" / "infra-stack.json"
+    env = _operator_env(stack, MA_INFRA_STATE_FILE=str(second))
+    for args in (["down"], ["verify"], ["db-status"], ["retention", "--dry-run"]):
+        proc = _invoke(args, env)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert _one_error_line(proc) == (
+            "error: nothing was started by this checkout: run invoke up first"
+        ), args
+
+    second.parent.mkdir(parents=True, exist_ok=True)
+    (second.parent / "checkout-id").write_text("0123456789abcdef\n", encoding="ascii")
+    forged = json.loads(record.state_file().read_text(encoding="utf-8"))
+    forged["owner"] = "checkout:0123456789abcdef"
+    second.write_text(json.dumps(forged), encoding="utf-8")
+    for args in (["down"], ["verify"], ["down", "--volumes", "--yes"]):
+        proc = _invoke(args, env)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        line = _one_error_line(proc)
+        assert "not started by this checkout" in line and config.postgres_host in line, line
+        assert f"owner {owner}" in line, line
+    assert {n: docker_host.inspect(n)["Id"] for n in ids} == ids
+    assert docker_host.container_state(config.api_name).healthy
+
+    up = _invoke(["up", "--no-build", "--engine", "compose"], env)
+    assert up.returncode == 1, up.stdout + up.stderr
+    assert "refusing to start" in _one_error_line(up)
+    assert {n: docker_host.inspect(n)["Id"] for n in ids} == ids
+
+
+def test_verify_fails_when_the_api_is_stopped(stack: Deployed) -> None:
+    """`invoke verify` against this checkout's stack with its API container stopped: the
+    check fails (exit non-zero); `invoke up` brings it back."""
+    config = StackConfig(api_host_port=stack.config.api_host_port)
+    if record.load() is None:
+        _up(config, stack.passwords)
+    env = _operator_env(stack)
+    subprocess.run(["docker", "stop", config.api_name], check=True, capture_output=True,
+                   timeout=60)  # fmt: skip
+    try:
+        proc = _invoke(["verify"], env)
+        assert proc.returncode != 0, proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stdout + proc.stderr
+    finally:
+        _up(config, stack.passwords)
 
 
 def _network_id(name: str) -> str | None:
@@ -777,7 +877,7 @@ def _invoke_on_a_terminal(
 
 
 def test_hand_made_network_is_adopted_and_data_survives_down_until_confirmed_down_volumes(
-    stack: Deployed, monkeypatch: pytest.MonkeyPatch
+    stack: Deployed,
 ) -> None:
     """A hand-made `af-network` (no compose labels): a managed up with the compose CLI renders
     it `external: true` and uses it, no down removes it. 10 uploads survive `invoke down` and
@@ -785,18 +885,18 @@ def test_hand_made_network_is_adopted_and_data_survives_down_until_confirmed_dow
     nothing; with --yes it deletes the three volumes (and still not the network)."""
     data_volumes = {"pg-data", "redis-data", "media-storage"}
     network = stack.config.network_name
-    monkeypatch.setenv("MA_INFRA_COMPOSE_RUNNER", "cli")
     env = _operator_env(stack)
     started = time.monotonic()
-    engine.down(remove_volumes=True, engine="compose", config=stack.config)  # a clean slate
+    _down(volumes=True)
+    _clean_slate(stack.config)
     assert _network_id(network) is None and not data_volumes & _volume_names()
     subprocess.run(["docker", "network", "create", network], check=True, capture_output=True,
                    timeout=60)  # fmt: skip
     hand_made = _network_id(network)
     try:
         config = StackConfig(api_host_port=stack.config.api_host_port)
-        endpoints = engine.up(config, stack.passwords, engine="compose", build=False)
-        rendered = yaml.safe_load(compose_engine.RENDERED_PATH.read_text(encoding="utf-8"))
+        endpoints = _up(config, stack.passwords)
+        rendered = yaml.safe_load(compose_engine.rendered_path().read_text(encoding="utf-8"))
         assert rendered["networks"] == {network: {"name": network, "external": True}}
         assert _network_id(network) == hand_made
         attached = docker_host.inspect(config.api_name)["NetworkSettings"]["Networks"]
@@ -831,7 +931,7 @@ def test_hand_made_network_is_adopted_and_data_survives_down_until_confirmed_dow
         assert data_volumes <= _volume_names()
         assert _network_id(network) == hand_made
 
-        endpoints = engine.up(config, stack.passwords, engine="compose", build=False)
+        endpoints = _up(config, stack.passwords)
         assert endpoints.api_url is not None
         with httpx.Client(base_url=endpoints.api_url, timeout=30, headers=api_key(stack)) as api:
             for job_id, sha in jobs.items():
@@ -862,7 +962,8 @@ def test_hand_made_network_is_adopted_and_data_survives_down_until_confirmed_dow
         assert not data_volumes & _volume_names()
         assert _network_id(network) == hand_made
     finally:
-        engine.down(remove_volumes=True, engine="compose", config=stack.config)
+        _down(volumes=True)
+        _clean_slate(stack.config)
         subprocess.run(["docker", "network", "rm", network], capture_output=True, timeout=60)
     stack.timings["adopt_and_down_volumes_s"] = time.monotonic() - started
     print(f"adoption + down/up + down --volumes: {stack.timings['adopt_and_down_volumes_s']:.1f}s")

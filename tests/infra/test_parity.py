@@ -131,7 +131,10 @@ def _compose_view(service: dict[str, Any], files: dict[str, Any]) -> dict[str, A
     ids=["managed", "external", "managed-published"],
 )
 def test_pulumi_and_compose_renderings_agree(settings: dict[str, str], tmp_path: Path) -> None:
-    spec = build_stack(config_from_source(settings.get, pulumi_key))
+    # The same owner label as the program's (``pulumi:<project>/<stack>`` under the mocks).
+    spec = build_stack(
+        config_from_source(settings.get, pulumi_key), "pulumi:media-analysis-kit/test"
+    )
     passwords = {s.setting: PASSWORDS[s.setting] for s in spec.secrets}
     run = run_program(settings, passwords)
     base_dir = tmp_path / "rendered"

@@ -22,7 +22,7 @@ from infra.pulumi_program import (
     canonical_cpus,
     provider_cpus_spelling,
 )
-from infra.stack import API_UID, API_USER, STORAGE_ROOT
+from infra.stack import API_UID, API_USER, OWNER_LABEL, STORAGE_ROOT
 from tests.infra.pulumi_harness import (
     CONTAINER,
     GET_NETWORK,
@@ -330,9 +330,16 @@ def test_stack_outputs() -> None:
     assert run.outputs["apiUrl"] == "http://127.0.0.1:8081"
     assert run.outputs["networkName"] == "af-network"
     assert sorted(run.outputs["volumeNames"]) == ["media-storage", "pg-data", "redis-data"]
+    assert run.outputs["mode"] == "managed"
+    assert run.outputs["stackConfig"]["api_host_port"] == 8081
+    assert set(run.outputs["connectionSecrets"]) == {
+        "postgres_password", "postgres_owner_password", "postgres_app_password",
+        "redis_app_password",
+    }  # fmt: skip
     external = run_program({"mode": "external"}, EXTERNAL_PASSWORDS)
     assert external.outputs["networkName"] == "af-network"
     assert external.outputs["volumeNames"] == ["media-storage"]
+    assert "postgres_password" not in external.outputs["connectionSecrets"]
 
 
 @pytest.mark.parametrize("missing", sorted(PASSWORDS))
@@ -422,14 +429,28 @@ def test_volumes_and_the_network_are_retained_and_never_replaced() -> None:
     assert set(run.of_type(NETWORK)["af-network"]) - set(NETWORK_IGNORE_CHANGES) == {"name"}
 
 
-def test_containers_are_not_retained_so_their_replacement_works() -> None:
-    """The provider replaces docker_container delete-first (pulumi-docker
-    provider/resources.go:114, DeleteBeforeReplace); retain_on_delete would skip that delete
-    and the new container's fixed name would then conflict with the old one."""
+def test_servers_are_retained_and_the_api_is_not() -> None:
+    """``pulumi destroy`` and a switch to external mode leave the managed servers running
+    (their data and the shared network outlive the stack). The API (and its never-started
+    secrets loader) is not retained: the provider replaces docker_container delete-first
+    (pulumi-docker provider/resources.go:114, DeleteBeforeReplace), and a retained container
+    would skip that delete and collide with its replacement's fixed name on every rebuild.
+    (A retained server that must be replaced is removed by ``invoke up`` first.)"""
     run = run_program({})
 
-    for name in (PG, REDIS, API, LOADER):
+    for name in (PG, REDIS):
+        assert run.options[(CONTAINER, name)].retain_on_delete, name
+    for name in (API, LOADER):
         assert not run.options[(CONTAINER, name)].retain_on_delete, name
+
+
+def test_every_container_carries_the_stacks_owner_label() -> None:
+    run = run_program({})
+
+    for name, inputs in run.containers.items():
+        labels = {label["label"]: label["value"] for label in inputs["labels"]}
+        assert labels[OWNER_LABEL] == f"pulumi:{PROJECT}/test", name
+    assert run.outputs["owner"] == f"pulumi:{PROJECT}/test"
 
 
 def test_a_rebuilt_api_image_changes_only_the_api_containers_image() -> None:
@@ -556,13 +577,18 @@ def test_switching_managed_to_external_deletes_no_data_and_not_the_network() -> 
 
     dropped = set(managed.options) - set(external.options)
     kept = {key for key in dropped if managed.options[key].retain_on_delete}
-    assert kept == {(NETWORK, "af-network"), (VOLUME, "pg-data"), (VOLUME, "redis-data")}
-    # What the switch does delete holds no data: the servers' containers (their data is in the
-    # retained volumes), their images (Image delete is a no-op, provider.go:490-495; RemoteImage
-    # keeps the image locally) and their pids limits. README: "Pulumi: data safety".
-    assert dropped - kept == {
+    assert kept == {
+        (NETWORK, "af-network"),
+        (VOLUME, "pg-data"),
+        (VOLUME, "redis-data"),
         (CONTAINER, PG),
         (CONTAINER, REDIS),
+    }
+    # What the switch does delete holds no data and runs nothing: the servers' images (Image
+    # delete is a no-op, provider.go:490-495; RemoteImage keeps the image locally) and their
+    # pids-limit records. The servers keep running: external mode finds them by name.
+    # README: "Pulumi: data safety".
+    assert dropped - kept == {
         (IMAGE, f"{PG}-image"),
         (IMAGE, f"{REDIS}-image"),
         (PIDS_LIMIT, f"{PG}-pids"),
@@ -580,3 +606,17 @@ def test_image_ids_lead_back_to_the_tags_compose_uses() -> None:
         PG: "postgres:16",
         API: "media-analysis-kit/api:latest",
     }
+
+
+def test_project_file_documents_every_setting_and_secret() -> None:
+    """Pulumi.yaml's template config names every StackConfig key with its default and every
+    stack secret as a secret (what `pulumi new` prompts for, and the one reference)."""
+    documented = yaml.safe_load((REPO_ROOT / "Pulumi.yaml").read_text())["template"]["config"]
+    settings = {pulumi_key(f.name): f.default for f in fields(StackConfig)}
+    secrets = {s.setting for s in STACK_SECRETS}
+    assert set(documented) == set(settings) | secrets
+    for key, default in settings.items():
+        spelled = str(default).lower() if isinstance(default, bool) else str(default)
+        assert documented[key]["default"] == spelled and documented[key]["description"], key
+    for key in secrets:
+        assert documented[key]["secret"] is True and "default" not in documented[key], key

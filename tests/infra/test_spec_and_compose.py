@@ -22,7 +22,9 @@ from infra.config import (
     secrets_for,
     secrets_from_env,
 )
-from infra.engine import up
+from infra.engines.base import UpRequest
+from infra.engines.compose import ComposeEngine
+from infra.progress import Quiet
 from infra.spec import (
     Healthcheck,
     Network,
@@ -291,7 +293,7 @@ def test_up_without_a_password_fails_before_touching_docker(
         monkeypatch.setenv(env_key(name), "set")
     monkeypatch.delenv("MA_INFRA_POSTGRES_APP_PASSWORD")
     with pytest.raises(ConfigError) as error:
-        up(engine="compose")
+        ComposeEngine().up(UpRequest(build=False), Quiet())
     assert str(error.value) == (
         "configuration setting MA_INFRA_POSTGRES_APP_PASSWORD: is required "
         "(the password of the API's role (DML only)) and is not set"

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from infra import engine, local_api
+from infra import engines, local_api
+from infra.docker_host import daemon_answers
+from infra.engines import EngineKind
 from tests.conftest import free_port
 
 # What an explicit target or a forced engine would be: none of it may leak into these tests.
@@ -146,8 +148,8 @@ def test_docker_host_nowhere_is_one_line_and_starts_no_dockerd(
 def test_engine_auto_choice_only_probes(monkeypatch: pytest.MonkeyPatch) -> None:
     before = len(pids("dockerd"))
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
-    assert engine.docker_usable() is False
-    assert engine.choose_engine() is not engine.Engine.COMPOSE
+    assert daemon_answers() is False
+    assert engines.choose().kind is not EngineKind.COMPOSE
     assert len(pids("dockerd")) == before
 
 
@@ -165,9 +167,7 @@ def test_read_only_task_without_a_stack_starts_nothing(
 def test_local_api_refuses_a_port_another_service_answers_on(
     other_service: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(local_api, "DATA_DIR", tmp_path)
-    monkeypatch.setattr(local_api, "PID_FILE", tmp_path / "api.pid")
-    monkeypatch.setattr(local_api, "LOG_FILE", tmp_path / "api.log")
+    monkeypatch.setenv("MA_INFRA_STATE_FILE", str(tmp_path / "infra-stack.json"))
     with pytest.raises(local_api.LocalApiError) as refused:
         local_api.start({}, "127.0.0.1", other_service, timeout_s=10)
     message = str(refused.value)
@@ -210,7 +210,7 @@ def test_verify_fails_when_the_recorded_api_is_stopped_or_not_ours(
             timeout=300,
         )  # fmt: skip
         assert up.returncode == 0, up.stdout + up.stderr
-        assert json.loads(state.read_text())["local_api"] == f"http://127.0.0.1:{port}"
+        assert json.loads(state.read_text())["api_url"] == f"http://127.0.0.1:{port}"
         record = json.loads(api_record.read_text())
         assert len(record["instance"]) == 32
 
@@ -245,7 +245,7 @@ def test_verify_fails_when_the_recorded_api_is_stopped_or_not_ours(
         forged_url = {**record, "url": f"http://127.0.0.1:{other_service}"}
         api_record.write_text(json.dumps(forged_url))
         state_data = json.loads(state.read_text())
-        state.write_text(json.dumps({**state_data, "local_api": forged_url["url"]}))
+        state.write_text(json.dumps({**state_data, "api_url": forged_url["url"]}))
         line = one_error_line(invoke("verify", env=ops_env, cwd=project_root))
         assert "not running" in line  # a 200 from someone else never passes
     finally:
