@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psycopg
 
+from app_patch.metrics import SWEEP_STATUS_NAME
 from app_patch.models import ALL_TABLES
 from app_patch.settings import PROJECT_ROOT, RetentionSettings, StorageSettings
 from app_patch.storage import artifact_key, upload_key
@@ -52,8 +53,9 @@ def tree(path: Path) -> dict[str, tuple[str, int, int, int]]:
 
 
 def files_under(root: Path) -> set[str]:
-    """Stored files (the root's identity marker is not one)."""
-    return {k for k, v in tree(root).items() if v[0] == "file" and k != MARKER_NAME}
+    """Stored files (the root's identity marker and the last sweep's outcome are not)."""
+    meta = {MARKER_NAME, SWEEP_STATUS_NAME}
+    return {k for k, v in tree(root).items() if v[0] == "file" and k not in meta}
 
 
 def db_snapshot(url: str) -> dict[str, list[tuple[object, ...]]]:
