@@ -7,12 +7,16 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
+import psycopg
+from psycopg.types.json import Jsonb
 from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.exc import DBAPIError, StatementError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import selectinload
+from sqlalchemy.pool import PoolProxiedConnection
 
 from app_patch.models import AnalysisJob, AnalysisResult, JobStatus
 from app_patch.schemas import (
@@ -82,13 +86,19 @@ async def _insert_job(session: AsyncSession, values: dict[str, Any]) -> tuple[Jo
     returned = await session.execute(stmt.returning(*_JOB_COLUMNS))
     row = returned.mappings().one_or_none()
     if row is None:
-        holder = await job_by_key(session, values["idempotency_key"])
-        assert holder is not None  # the conflicting row is committed, so it is visible
-        job, fingerprint = holder
-        if not same_request(fingerprint, values["request_fingerprint"]):
-            raise IdempotencyConflictError.reused()
-        return job, False
+        return await _key_holder(session, values), False
     return JobOut.model_validate({**row, "result": None}), True
+
+
+async def _key_holder(session: AsyncSession, values: dict[str, Any]) -> JobOut:
+    """The job whose idempotency key made an insert of ``values`` do nothing, when it was made
+    by the same request; ``IdempotencyConflictError`` when by another."""
+    holder = await job_by_key(session, values["idempotency_key"])
+    assert holder is not None  # the conflicting row is committed, so it is visible
+    job, fingerprint = holder
+    if not same_request(fingerprint, values["request_fingerprint"]):
+        raise IdempotencyConflictError.reused()
+    return job
 
 
 def same_request(held: str | None, asked: str | None) -> bool:
@@ -163,47 +173,181 @@ class FinishedJob:
         return JobOut(**(values | {"media_file_id": media_file_id}), result=result)
 
 
+# ---- the finished-job writes: fixed SQL, sent as is -------------------------------------
+# No ORM unit of work and no per-call compilation on the API's hot path; psycopg prepares each
+# statement server-side once a connection has run it a few times (its prepare_threshold).
+# The job and its result go in one statement (a data-modifying CTE): one round trip.
+
+_JOB_INSERT = {
+    "id": "uuid",
+    "media_file_id": "uuid",
+    "analysis_type": "text",
+    "status": "job_status",
+    "params": "jsonb",
+    "client_ref": "text",
+    "idempotency_key": "text",
+    "request_fingerprint": "text",
+    "created_at": "timestamptz",
+    "started_at": "timestamptz",
+    "finished_at": "timestamptz",
+    "error": "text",
+    "attempts": "int4",
+}  # column -> parameter type: the statements below never depend on psycopg's type guess
+_RESULT_INSERT = {
+    "id": "uuid",
+    "job_id": "uuid",
+    "result": "jsonb",
+    "summary": "text",
+    "engine_name": "text",
+    "engine_version": "text",
+    "duration_ms": "float8",
+}
+_JOB_OUT_COLUMNS = tuple(name for name in JobOut.model_fields if name != "result")
+
+
+def _binds(prefix: str, columns: dict[str, str], array: str = "") -> str:
+    """``%(<prefix><column>)s::<type>`` for each column (``array="[]"``: arrays of them)."""
+    return ", ".join(f"%({prefix}{name})s::{kind}{array}" for name, kind in columns.items())
+
+
+_JOBS = f"analysis_jobs ({', '.join(_JOB_INSERT)})"
+_RESULTS = f"analysis_results ({', '.join(_RESULT_INSERT)})"
+_INSERT_JOB = (
+    f"INSERT INTO {_JOBS} VALUES ({_binds('', _JOB_INSERT)})"
+    " ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+    f" RETURNING {', '.join(_JOB_OUT_COLUMNS)}"
+)  # no row back: the key names another job (an id that exists is an IntegrityError)
+_RECORD_FAILED = f"{_INSERT_JOB}, NULL::timestamptz"
+_RECORD_SUCCEEDED = (
+    f"WITH job AS ({_INSERT_JOB}),"
+    f" result AS (INSERT INTO {_RESULTS}"
+    f" SELECT {_binds('result_', _RESULT_INSERT)} FROM job RETURNING created_at)"
+    f" SELECT {', '.join(f'job.{name}' for name in _JOB_OUT_COLUMNS)},"
+    " (SELECT created_at FROM result) FROM job"
+)  # a row: the job's columns (_JOB_OUT_COLUMNS), then its result's created_at
+_RECORD_MANY = (
+    f"WITH job AS (INSERT INTO {_JOBS}"
+    f" SELECT * FROM unnest({_binds('job_', _JOB_INSERT, '[]')})"
+    " ON CONFLICT DO NOTHING RETURNING id),"
+    f" result AS (INSERT INTO {_RESULTS}"
+    f" SELECT * FROM unnest({_binds('result_', _RESULT_INSERT, '[]')})"
+    f" AS r ({', '.join(_RESULT_INSERT)}) WHERE r.job_id IN (SELECT id FROM job))"
+    " SELECT count(*) FROM job"
+)  # a job skipped on conflict (id or key) is skipped with its result
+
+
+def _job_params(values: dict[str, Any]) -> dict[str, Any]:
+    """``FinishedJob.row_values()`` as driver parameters."""
+    return values | {"params": Jsonb(values["params"]), "status": values["status"].value}
+
+
+def _result_params(result: ResultIn, job_id: uuid.UUID) -> dict[str, Any]:
+    return {
+        "result_id": uuid.uuid4(),
+        "result_job_id": job_id,
+        "result_result": Jsonb(result.result),
+        "result_summary": result.summary,
+        "result_engine_name": result.engine_name,
+        "result_engine_version": result.engine_version,
+        "result_duration_ms": result.duration_ms,
+    }
+
+
+async def _fetch_one(
+    session: AsyncSession, sql: str, params: dict[str, Any]
+) -> tuple[Any, ...] | None:
+    """Run driver SQL on the session's connection, in its transaction; its first row.
+
+    Straight on psycopg's connection: no greenlet hop per statement, no SQLAlchemy execution
+    context or result metadata (together most of the write's cost above the driver). Errors
+    still come out as SQLAlchemy would raise them (``_as_sqlalchemy_error``).
+    """
+    sync_session = session.sync_session
+    if sync_session.autoflush and (sync_session.new or sync_session.dirty or sync_session.deleted):
+        await session.flush()  # what session.execute would do for pending objects
+    connection = await session.connection()
+    driver = cast("psycopg.AsyncConnection[Any]", _pooled(connection).driver_connection)
+    try:
+        cursor = await driver.execute(sql, params)
+        row: tuple[Any, ...] | None = await cursor.fetchone()
+    except psycopg.Error as exc:
+        raise await _as_sqlalchemy_error(connection, sql, params, exc) from exc
+    except BaseException as exc:
+        if not isinstance(exc, Exception) or isinstance(exc, TimeoutError):
+            await connection.invalidate()  # cut off mid-statement: the protocol state is unknown
+        raise
+    return row
+
+
+def _pooled(connection: AsyncConnection) -> PoolProxiedConnection:
+    assert connection.sync_connection is not None  # session.connection() began it
+    return connection.sync_connection.connection
+
+
+async def _as_sqlalchemy_error(
+    connection: AsyncConnection, sql: str, params: dict[str, Any], exc: psycopg.Error
+) -> StatementError:
+    """What SQLAlchemy makes of a driver error (``IntegrityError``, ``OperationalError``...,
+    parameters hidden as the engine says); a lost connection is invalidated, as it would."""
+    dialect = connection.dialect
+    lost = dialect.is_disconnect(cast(Any, exc), _pooled(connection).dbapi_connection, None)
+    if lost:
+        await connection.invalidate(exc)
+    return DBAPIError.instance(
+        sql,
+        params,
+        exc,
+        dialect.loaded_dbapi.Error,
+        hide_parameters=connection.sync_engine.hide_parameters,
+        connection_invalidated=lost,
+        dialect=dialect,
+    )
+
+
 async def record_finished(session: AsyncSession, finished: FinishedJob) -> tuple[JobOut, bool]:
-    """One statement pair for an analysis that already ran: the job, finished, with its result.
+    """One statement for an analysis that already ran: the job, finished, with its result.
 
     What a synchronous API records (no queued/running rows for anyone to see); an idempotency
     key already used by the same request returns that job instead, untouched, and one used by
     another request raises ``IdempotencyConflictError``. Returns ``(job, created)``.
     """
-    job, created = await _insert_job(session, finished.row_values())
-    if created and finished.result is not None:
-        stored = await _insert_result(session, job.id, finished.result)
-        job = job.model_copy(update={"result": stored})
-    return job, created
+    values = finished.row_values()
+    result = finished.result
+    if result is None:
+        row = await _fetch_one(session, _RECORD_FAILED, _job_params(values))
+    else:
+        params = _job_params(values) | _result_params(result, values["id"])
+        row = await _fetch_one(session, _RECORD_SUCCEEDED, params)
+    if row is None:  # the key names another job (the partial unique index decided)
+        return await _key_holder(session, values), False
+    stored = None
+    if result is not None:
+        stored = ResultOut(**result.model_dump(), created_at=row[-1])
+    job = dict(zip(_JOB_OUT_COLUMNS, row, strict=False))
+    return JobOut.model_validate(job | {"result": stored}), True
 
 
 async def record_finished_many(session: AsyncSession, jobs: Sequence[FinishedJob]) -> int:
-    """``record_finished`` for a batch, in two multi-row statements (jobs, then results).
+    """``record_finished`` for a batch, in one statement (jobs and results as arrays).
 
     For bulk writers (imports, backfills). A job whose id or idempotency key already exists is
     skipped with its result; returns how many jobs were inserted.
     """
     if not jobs:
         return 0
-    rows = [item.row_values() for item in jobs]
-    inserted = set(
-        (
-            await session.scalars(
-                insert(AnalysisJob)
-                .on_conflict_do_nothing()
-                .returning(AnalysisJob.id),  # a set: ordered RETURNING would unbatch it
-                rows,
-            )
-        ).all()
-    )
-    results = [
-        {"id": uuid.uuid4(), "job_id": row["id"], **item.result.model_dump()}
-        for row, item in zip(rows, jobs, strict=True)
-        if item.result is not None and row["id"] in inserted
-    ]
-    if results:
-        await session.execute(insert(AnalysisResult), results)
-    return len(inserted)
+    columns: dict[str, list[Any]] = {f"job_{name}": [] for name in _JOB_INSERT}
+    columns |= {f"result_{name}": [] for name in _RESULT_INSERT}
+    job_columns = [(name, columns[f"job_{name}"]) for name in _JOB_INSERT]
+    for item in jobs:
+        values = _job_params(item.row_values())
+        for name, column in job_columns:
+            column.append(values[name])
+        if item.result is not None:
+            for name, value in _result_params(item.result, values["id"]).items():
+                columns[name].append(value)
+    inserted = await _fetch_one(session, _RECORD_MANY, columns)
+    assert inserted is not None
+    return int(inserted[0])
 
 
 async def mark_running(session: AsyncSession, job_id: uuid.UUID) -> JobOut:
