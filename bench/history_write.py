@@ -19,6 +19,11 @@ Limits, same server, same tables, same columns and values:
 * ``pgbench``: a custom script inserting one job and its result per transaction
   (``-n -c N -j 2 -T secs -f script``) over the same socket.
 
+Peer, same server, same tables, same rows: ``peer``, the write done the way
+fastapi/full-stack-fastapi-template does it (``bench.peer_sqlmodel``: SQLModel session, add +
+commit + refresh per job, sync route in the threadpool), N concurrent requests; ``finished``
+should be at least twice as fast.
+
 Context (no target): ``raw 3 txns/job``: psycopg doing the state machine's three transactions
 with minimal SQL, the like-for-like limit of ``three_txn``.
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import importlib.util
 import os
 import time
 import uuid
@@ -51,6 +57,7 @@ from bench.report import BenchResult, Ratio, Series
 NAME = "history_write"
 TITLE = "History write (job + result)"
 TARGET = 0.60
+PEER_TARGET = 2.0  # times the peer's rate
 
 RESULT: dict[str, Any] = {
     "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
@@ -354,10 +361,28 @@ def count_rows(db_url: str) -> tuple[int, int]:
 VARIANTS = ("finished", "service_finished", "batch", "three_txn")
 
 
+def run_peer_once(db_url: str, sizes: Sizes) -> float:
+    from bench.peer_sqlmodel import run_peer
+
+    warm_up = sizes.concurrency * 2
+    peer = asyncio.run(run_peer(db_url, sizes.jobs, sizes.concurrency, result_in, warm_up))
+    if count_rows(db_url) != (sizes.jobs + warm_up,) * 2:
+        raise BenchError(f"the peer wrote {count_rows(db_url)} (jobs, results)")
+    return peer.rate
+
+
+def missing_peer() -> str | None:
+    """Why the peer cannot run here (its package is in the dev extra only), or None."""
+    if importlib.util.find_spec("sqlmodel") is None:
+        return "peer not measured: sqlmodel is not installed (pip install -e '.[dev]')"
+    return None
+
+
 def run(env: BenchEnv, quick: bool) -> BenchResult:
     sizes = QUICK if quick else FULL
+    peer_missing = missing_peer()
     db_url = env.create_database("history")
-    keys = (*VARIANTS, "executemany", "raw_finished", "pgbench", "protocol")
+    keys = (*VARIANTS, "peer", "executemany", "raw_finished", "pgbench", "protocol")
     samples: dict[str, list[float]] = {k: [] for k in keys}
     for _ in range(sizes.repetitions):  # variants interleaved, so drift hits all alike
         for via in VARIANTS:
@@ -366,6 +391,9 @@ def run(env: BenchEnv, quick: bool) -> BenchResult:
             jobs, results = count_rows(db_url)
             if jobs != results or jobs < sizes.jobs:
                 raise BenchError(f"{via} wrote {jobs} jobs / {results} results")
+        if peer_missing is None:
+            truncate(db_url)
+            samples["peer"].append(run_peer_once(db_url, sizes))
         truncate(db_url)
         samples["executemany"].append(raw_executemany(db_url, sizes).rate)
         truncate(db_url)
@@ -410,6 +438,14 @@ def run(env: BenchEnv, quick: bool) -> BenchResult:
                 note=f"{c} coroutines (the state machine)",
             ),
             Series(
+                "peer",
+                "peer: full-stack-fastapi-template way, 1 txn/job",
+                "jobs/s",
+                samples["peer"],
+                role="peer",
+                note=f"{c} requests; sync SQLModel Session add + commit + refresh, threadpool",
+            ),
+            Series(
                 "executemany",
                 f"raw psycopg executemany, {b}/txn",
                 "jobs/s",
@@ -449,6 +485,8 @@ def run(env: BenchEnv, quick: bool) -> BenchResult:
             Ratio("finished", "executemany"),
             Ratio("finished", "pgbench"),
             Ratio("three_txn", "protocol"),
+            Ratio("finished", "peer", PEER_TARGET, unit="x"),
+            Ratio("service_finished", "peer", unit="x"),
         ],
         params={
             "jobs_per_rep": sizes.jobs,
@@ -462,5 +500,9 @@ def run(env: BenchEnv, quick: bool) -> BenchResult:
             "values in every variant; tables are truncated before each measurement.",
             "Targets apply like for like: batched vs batched, one transaction per job vs one "
             "transaction per job (synchronous_commit=on: each commit waits for its WAL flush).",
+            "The peer writes the same rows on the same tables (SQLModel models mapped onto "
+            "them, psycopg 3 sync engine with the template's defaults); it returns the "
+            "refreshed row, ours the JobOut with its result.",
+            *([peer_missing] if peer_missing else []),
         ],
     )

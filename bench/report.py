@@ -3,10 +3,11 @@
 Every benchmark returns a :class:`BenchResult`: a few :class:`Series` (one figure measured over
 several repetitions: ours, and the limits measured in the same run), :class:`Ratio` rows that
 set one of ours against one limit (ours / limit, on throughput; for durations the inverse, so
-a ratio is always "fraction of the limit's speed"), and :class:`Check` rows (pool timeouts
-must be 0). ``write_results`` turns a :class:`RunResults` into ``results.json`` (everything,
-including each sample) and ``results.md`` (a side-by-side table with the ratios and targets).
-Nothing here measures anything, so it is unit-tested on its own.
+a ratio is always "fraction of the limit's speed"; against a peer project, ``unit="x"``, it
+reads "times the peer's speed"), and :class:`Check` rows (pool timeouts must be 0).
+``write_results`` turns a :class:`RunResults` into ``results.json`` (everything, including
+each sample) and ``results.md`` (a side-by-side table with the ratios and targets). Nothing
+here measures anything, so it is unit-tested on its own.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 Better = Literal["higher", "lower"]
+RatioUnit = Literal["%", "x"]  # "60.5 %" of a limit; "2.35 x" a peer
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -51,14 +53,15 @@ def summarize(samples: Sequence[float]) -> Summary:
 @dataclass
 class Series:
     """One figure over repetitions. ``role`` says what it is in the comparison:
-    ``ours`` (the project's code), ``limit`` (a raw baseline to set ours against) or
-    ``context`` (shown for explanation, never in a ratio)."""
+    ``ours`` (the project's code), ``limit`` (a raw baseline to set ours against), ``peer``
+    (another project doing the same job its own way) or ``context`` (shown for explanation,
+    never in a ratio)."""
 
     key: str
     label: str
     unit: str
     samples: list[float]
-    role: Literal["ours", "limit", "context"] = "ours"
+    role: Literal["ours", "limit", "peer", "context"] = "ours"
     better: Better = "higher"
     note: str = ""
 
@@ -69,12 +72,14 @@ class Series:
 
 @dataclass(frozen=True)
 class Ratio:
-    """``ours`` against ``limit`` (series keys); ``target`` is the fraction to reach."""
+    """``ours`` against ``limit`` (series keys); ``target`` is the fraction to reach
+    (``unit="x"``: the multiple, for a peer)."""
 
     ours: str
     limit: str
     target: float | None = None
     label: str = ""
+    unit: RatioUnit = "%"
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,7 @@ class RatioValue:
     target: float | None
     met: bool | None
     label: str
+    unit: RatioUnit = "%"
 
 
 @dataclass(frozen=True)
@@ -150,6 +156,7 @@ def ratio_value(ours: Series, limit: Series, ratio: Ratio) -> RatioValue:
         target=ratio.target,
         met=met,
         label=ratio.label or ours.label,
+        unit=ratio.unit,
     )
 
 
@@ -187,15 +194,18 @@ def fmt_number(value: float) -> str:
     return f"{value:.3g}"
 
 
-def fmt_ratio(value: float) -> str:
-    return "inf" if math.isinf(value) else f"{value * 100:.1f} %"
+def fmt_ratio(value: float, unit: RatioUnit = "%") -> str:
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.2f} x" if unit == "x" else f"{value * 100:.1f} %"
 
 
 def fmt_target(rv: RatioValue) -> str:
     if rv.target is None:
         return "-"
     verdict = "met" if rv.met else "NOT met"
-    return f">= {rv.target * 100:.0f} %: {verdict}"
+    wanted = f"{rv.target:.1f} x" if rv.unit == "x" else f"{rv.target * 100:.0f} %"
+    return f">= {wanted}: {verdict}"
 
 
 def series_row(series: Series) -> list[str]:
@@ -242,7 +252,8 @@ def render_markdown(run: RunResults) -> str:
     lines += [
         "",
         "Figures are the median of the repetitions, with min and max. A ratio is ours as a",
-        "fraction of the named limit's throughput (for durations: limit time / our time).",
+        "fraction of the named limit's throughput (for durations: limit time / our time);",
+        "against a peer project it is a multiple of the peer's throughput (x).",
         "",
         "## Summary",
         "",
@@ -255,7 +266,13 @@ def render_markdown(run: RunResults) -> str:
             continue
         for rv in bench.ratio_values():
             summary_rows.append(
-                [bench.title, rv.label, rv.limit_label, fmt_ratio(rv.value), fmt_target(rv)]
+                [
+                    bench.title,
+                    rv.label,
+                    rv.limit_label,
+                    fmt_ratio(rv.value, rv.unit),
+                    fmt_target(rv),
+                ]
             )
         for check in bench.checks:
             verdict = "ok" if check.ok else "FAILED"
@@ -295,7 +312,10 @@ def render_markdown(run: RunResults) -> str:
             lines += [""]
             lines += _md_table(
                 ["ours", "limit", "ratio (ours / limit)", "target"],
-                [[rv.label, rv.limit_label, fmt_ratio(rv.value), fmt_target(rv)] for rv in ratios],
+                [
+                    [rv.label, rv.limit_label, fmt_ratio(rv.value, rv.unit), fmt_target(rv)]
+                    for rv in ratios
+                ],
             )
         if bench.checks:
             lines += [""]
@@ -381,7 +401,7 @@ def print_console(run: RunResults, console: Console | None = None) -> None:
                 bench.title,
                 rv.label,
                 rv.limit_label,
-                fmt_ratio(rv.value),
+                fmt_ratio(rv.value, rv.unit),
                 f"[{style}]{fmt_target(rv)}[/{style}]" if style else fmt_target(rv),
             )
         for check in bench.checks:
