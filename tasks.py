@@ -14,6 +14,7 @@ import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from docker.errors import DockerException
 from dotenv import load_dotenv
@@ -367,6 +368,133 @@ def outbox(c: Context, retry: str = "") -> None:
 
 
 ns.add_task(outbox)
+
+
+class _BackupBars:
+    """Rich progress bars for backup and restore: one bar per phase (bytes), steps as lines."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+        self.bars: dict[str, Any] = {}
+
+    def step(self, text: str) -> None:
+        self.bar.console.print(f"[dim]{escape(text)}[/dim]")
+
+    def advance(self, phase: str, done: int, total: int | None) -> None:
+        if phase not in self.bars:
+            self.bars[phase] = self.bar.add_task(phase, total=total)
+        self.bar.update(self.bars[phase], completed=done, total=total)
+
+
+@contextmanager
+def _backup_bars() -> Iterator[_BackupBars]:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        yield _BackupBars(bar)
+
+
+@task(
+    help={
+        "to": "where backup sets are kept (default .data/backups/)",
+        "list_": "list the complete sets there (time, revision, rows, files, bytes); no backup",
+        "keep": "after a successful backup, delete all but the newest N sets (and stale "
+        "partial ones), naming each",
+    }
+)
+def backup(c: Context, to: str = "", list_: bool = False, keep: int = 0) -> None:
+    """Back up the stack: pg_dump (custom format) + every live stored file + a sha256 manifest.
+
+    The stack's secrets (.data/stack.env, the Pulumi config) are not in it: keep them apart."""
+    from pathlib import Path
+
+    from infra import backup as backups
+
+    directory = Path(to) if to else backups.DEFAULT_DIR
+    if list_:
+        _list_backups(directory)
+        return
+    with _stack_errors(), _backup_bars() as bars:
+        result = backups.take_backup(directory, bars, keep=keep or None)
+    manifest = result.manifest
+    console.print(
+        f"[green]backup[/green] {result.path}: revision {manifest.schema_revision}, "
+        f"{sum(manifest.rows.values())} rows, {len(manifest.files)} files, "
+        f"{manifest.file_bytes + manifest.dump_size:,} bytes in {result.seconds:.1f} s"
+    )
+    if manifest.missing:
+        console.print(
+            f"[yellow]{len(manifest.missing)} file(s) were deleted while the backup ran; "
+            "restore marks their rows deleted[/yellow]"
+        )
+    for path in result.pruned:
+        console.print(f"deleted {path}")
+
+
+def _list_backups(directory: Any) -> None:
+    from infra import backup as backups
+
+    found = backups.list_sets(directory)
+    if not found:
+        console.print(f"no backup sets in {directory}")
+        return
+    table = Table("set", "time (UTC)", "revision", "rows", "files", "bytes", title=str(directory))
+    for info in found:
+        m = info.manifest
+        table.add_row(
+            info.name,
+            m.created_at,
+            str(m.schema_revision),
+            str(sum(m.rows.values())),
+            str(len(m.files)),
+            f"{m.file_bytes + m.dump_size:,}",
+        )
+    console.print(table)
+
+
+@task(
+    help={
+        "from_": "where backup sets are kept, for a set given by name (default .data/backups/)",
+        "force": "restore into a stack that already holds jobs or stored files (replaces its "
+        "database; its other files stay, for retention's orphan policy)",
+    }
+)
+def restore(c: Context, backup: str, from_: str = "", force: bool = False) -> None:
+    """Restore a backup set (a path, or a name under --from) into the recorded stack.
+
+    Verifies every byte against the manifest before anything changes; refuses a non-empty
+    target unless --force; migrates a set older than head."""
+    from pathlib import Path
+
+    from infra import backup as backups
+
+    directory = Path(from_) if from_ else backups.DEFAULT_DIR
+    with _stack_errors(), _backup_bars() as bars:
+        result = backups.restore_backup(backup, directory, bars, force=force)
+    manifest = result.manifest
+    console.print(
+        f"[green]restored[/green] {result.set_path.name}: {sum(manifest.rows.values())} rows, "
+        f"{len(manifest.files)} files, revision {result.migrated_to}, store {result.store_id} "
+        f"in {result.seconds:.1f} s"
+    )
+
+
+ns.add_task(backup)
+ns.add_task(restore)
 
 
 def _age(seconds: object) -> str:
