@@ -12,6 +12,24 @@ Layout under ``<storage root>/outbox/`` (same volume as the files the entries na
 
 Replay is per entry and idempotent (insert by job id): an outage stops the drain; any other
 failure quarantines that entry and the drain goes on, so one poison entry never blocks others.
+
+Several API processes (replicas, hosts sharing the volume) each run a replayer on the same
+directory. Every mutation is safe among them:
+
+* an entry is **claimed** with a PostgreSQL session advisory lock on its file name
+  (``entry_lock_id``; every replayer talks to the same database, so it holds across hosts and
+  needs nothing from the filesystem's locking). The lock is tried, never waited for: a busy
+  entry is skipped. Under the claim the file is read again (gone: another replayer finished
+  it), replayed, then removed or quarantined, and only then is the claim released. So each
+  entry is replayed, counted and reported by one replayer, and quarantined at most once;
+* removal and quarantine tolerate a vanished file (``unlink(missing_ok)``, ``rename`` that
+  gives up on ENOENT and takes its error note back);
+* ``keys/`` is changed only under an exclusive ``flock`` of ``keys/.index.lock`` (a claim is
+  ``link()``, first one wins; removing a stale or replayed claim is read-check-unlink, which
+  without the lock could remove a claim another process made in between). Linux NFS clients
+  map ``flock`` to NFS byte-range locks, so it holds across hosts unless the volume is mounted
+  with ``local_lock=flock|all``;
+* ``merged/`` aliases are written whole by rename (the same content by whoever writes it).
 """
 
 from __future__ import annotations
@@ -19,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -26,7 +45,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -35,7 +54,8 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from app_patch.errors import OperatorError
 from app_patch.media import MediaStore
@@ -46,18 +66,20 @@ from app_patch.repository import (
     ReplayOutcome,
     replay_finished,
 )
-from app_patch.resilience import Breaker, DependencyUnavailableError
+from app_patch.resilience import Breaker, DependencyUnavailableError, is_database_outage
 from app_patch.schemas import JobOut, ResultIn
 from app_patch.storage import (
     StorageUnavailableError,
     create_durably,
     fsync_dir,
+    in_thread,
     write_durably,
 )
 from app_patch.store_identity import StoreMismatchError
 
 log = logging.getLogger(__name__)
 FAILED, KEYS, MERGED = "failed", "keys", "merged"
+KEYS_LOCK = ".index.lock"  # in keys/: serialises changes of the key index across processes
 _ERROR_CHARS = 500
 
 
@@ -214,15 +236,21 @@ class Outbox:
 
     # ---- quarantine
 
-    def quarantine(self, path: Path, error: str) -> None:
-        """Move an entry aside with its error, so the drain goes on without it."""
+    def quarantine(self, path: Path, error: str) -> bool:
+        """Move an entry aside with its error, so the drain goes on without it. False when the
+        entry was gone already (replayed or withdrawn meanwhile): then no note is left behind."""
         failed = self.directory / FAILED
         note = failed / f"{path.stem}.error"
         write_durably(note, f"{time.time():.0f} {_one_line(error)}\n".encode())
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.replace(path, failed / path.name)
-            fsync_dir(failed)
-            fsync_dir(self.directory)
+        except FileNotFoundError:
+            if not (failed / path.name).exists():
+                note.unlink(missing_ok=True)
+            return False
+        fsync_dir(failed)
+        fsync_dir(self.directory)
+        return True
 
     def failed(self) -> list[FailedEntry]:
         found = []
@@ -242,8 +270,12 @@ class Outbox:
         source = self.directory / FAILED / f"{stem}.json"
         if not stem or not source.is_file():
             raise OperatorError(f"no failed outbox entry {stem!r}")
-        os.replace(source, self.directory / source.name)
+        # the note goes first: once pending, a replayer may quarantine it again with a new one
         source.with_suffix(".error").unlink(missing_ok=True)
+        try:
+            os.replace(source, self.directory / source.name)
+        except FileNotFoundError:
+            raise OperatorError(f"failed outbox entry {stem!r} was just moved by another") from None
         fsync_dir(self.directory)
 
     # ---- idempotency keys
@@ -252,6 +284,7 @@ class Outbox:
         return self.directory / KEYS / hashlib.sha256(key.encode()).hexdigest()
 
     def key_claim(self, key: str) -> KeyClaim | None:
+        """The claim on ``key``, or None (none, or unreadable: ``claim_key`` replaces it)."""
         path = self._key_path(key)
         try:
             data = orjson.loads(path.read_bytes())
@@ -261,8 +294,20 @@ class Outbox:
             return None
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("outbox key index unreadable, ignored: %s", exc)
-            path.unlink(missing_ok=True)
             return None
+
+    @contextlib.contextmanager
+    def _keys_locked(self) -> Iterator[None]:
+        """Exclusive ``flock`` of the key index: changes to ``keys/`` are read-check-write, and
+        other processes (and threads: each open is its own lock) must not interleave."""
+        fd = os.open(
+            self.directory / KEYS / KEYS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640
+        )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # drops the lock
 
     def withdraw(self, job_id: uuid.UUID) -> None:
         """Remove a pending entry that its request gave up (it may be gone already)."""
@@ -272,28 +317,28 @@ class Outbox:
     def claim_key(self, key: str, job_id: uuid.UUID, fingerprint: str | None) -> KeyClaim | None:
         """Bind ``key`` to ``job_id``; None when this call bound it, else the existing claim.
 
-        Atomic across processes sharing the volume (``storage.create_durably``). Callers write
-        the entry first, so a claim whose entry is gone is stale (replayed, or its request
-        withdrew) and is replaced.
+        Atomic across processes sharing the volume (``storage.create_durably``, under the
+        index lock). Callers write the entry first, so a claim whose entry is gone is stale
+        (replayed, or its request withdrew) and is replaced, as is an unreadable one.
         """
         final = self._key_path(key)
         body = orjson.dumps({"job_id": str(job_id), "fingerprint": fingerprint})
-        for _ in range(2):  # a second try only after removing a stale claim
-            if create_durably(final, body):
-                return None
-            held = self.key_claim(key)
-            if held is None:
-                continue  # unreadable and removed: try again
-            if not self._path(held.job_id).exists():
-                self.release_key(key, held.job_id)  # stale: its entry is gone
-                continue
-            return held
-        return self.key_claim(key)
+        with self._keys_locked():
+            for _ in range(2):  # a second try only after removing a stale claim
+                if create_durably(final, body):
+                    return None
+                held = self.key_claim(key)
+                if held is not None and self._path(held.job_id).exists():
+                    return held
+                final.unlink(missing_ok=True)  # stale or unreadable: nobody else changes it now
+            return self.key_claim(key)
 
     def release_key(self, key: str, job_id: uuid.UUID) -> None:
-        held = self.key_claim(key)
-        if held is not None and held.job_id == job_id:
-            self._key_path(key).unlink(missing_ok=True)
+        """Drop the claim on ``key`` if it still names ``job_id`` (never another job's)."""
+        with self._keys_locked():
+            held = self.key_claim(key)
+            if held is not None and held.job_id == job_id:
+                self._key_path(key).unlink(missing_ok=True)
 
     # ---- merged aliases
 
@@ -338,6 +383,12 @@ def is_entry_failure(exc: BaseException) -> bool:
     return not isinstance(exc, environment)
 
 
+def entry_lock_id(name: str) -> int:
+    """The PostgreSQL advisory-lock id of one outbox entry (by file name): its replay claim."""
+    digest = hashlib.sha256(f"ma-outbox:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
 class OutboxReplayer:
     """Drains the outbox into PostgreSQL, entry by entry (see the module docstring)."""
 
@@ -352,8 +403,12 @@ class OutboxReplayer:
         on_replayed: Callable[[uuid.UUID], Awaitable[None]] | None = None,
         on_tick: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
+        engine = session_factory.kw.get("bind")
+        if not isinstance(engine, AsyncEngine):
+            raise TypeError("the outbox replayer needs a session factory bound to an AsyncEngine")
         self.outbox = outbox
         self.session_factory = session_factory
+        self.engine = engine
         self.breaker = breaker
         self.interval_s = interval_s
         self.on_replayed = on_replayed
@@ -364,7 +419,8 @@ class OutboxReplayer:
         self._task: asyncio.Task[None] | None = None
 
     async def drain_once(self, max_entries: int = 1000) -> int:
-        """Replay up to ``max_entries``; stops at the first outage. Returns how many landed.
+        """Replay up to ``max_entries``; stops at the first outage. Returns how many landed
+        (replayed by this process: entries another replayer holds or finished are skipped).
 
         Nothing is replayed into a database that does not record this store (a wrong
         ``MA_DB_URL`` would take the jobs and leave their files to the other store's orphans).
@@ -377,40 +433,87 @@ class OutboxReplayer:
         done = 0
         for path in self.outbox.pending()[:max_entries]:
             try:
-                entry = OutboxEntry.from_json(path.read_bytes())
-            except FileNotFoundError:
-                continue  # another replayer took it
-            except OutboxEntryError as exc:
-                self._quarantine(path, str(exc))
-                continue
-            try:
-                outcome, stands_for = await self.breaker.call(lambda e=entry: self._write(e))  # type: ignore[misc]
+                job_id = await self.breaker.call(lambda p=path: self._replay_claimed(p))  # type: ignore[misc]
             except DependencyUnavailableError:
                 break
-            except Exception as exc:
-                if not is_entry_failure(exc):  # the database or the store, not this entry
-                    log.warning("outbox replay paused: %s", type(exc).__name__)
-                    break
-                self._quarantine(path, f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # the database or the store, not this entry
+                log.warning("outbox replay paused: %s", type(exc).__name__)
+                break
+            if job_id is None:
                 continue
-            if outcome is ReplayOutcome.merged:
-                self.outbox.record_merge(entry.job_id, stands_for)
-            self.outbox.remove(path)
-            if entry.job.new.idempotency_key is not None:
-                self.outbox.release_key(entry.job.new.idempotency_key, entry.job_id)
             done += 1
             if self.on_replayed is not None:
-                await self.on_replayed(entry.job_id)
+                await self.on_replayed(job_id)
         self.replayed_total += done
         return done
 
-    def _quarantine(self, path: Path, error: str) -> None:
-        log.error("outbox entry %s quarantined: %s", path.name, _one_line(error))
-        self.outbox.quarantine(path, error)
-        self.quarantined_total += 1
+    @contextlib.asynccontextmanager
+    async def _claim(self, name: str) -> AsyncIterator[AsyncConnection | None]:
+        """The entry's replay claim: a connection holding its session advisory lock (None when
+        another replayer holds it). Session-level, so it outlives the replay's commit and
+        covers the removal of the file after it; released before the connection is pooled."""
+        lock = entry_lock_id(name)
+        async with self.engine.connect() as conn:
+            claimed = bool(await conn.scalar(select(func.pg_try_advisory_lock(lock))))
+            await conn.commit()
+            if not claimed:
+                yield None
+                return
+            try:
+                yield conn
+            finally:
+                try:
+                    await conn.rollback()
+                    await conn.execute(select(func.pg_advisory_unlock(lock)))
+                    await conn.commit()
+                except BaseException:
+                    await conn.invalidate()  # closing it releases the lock; never pool it
+                    raise
 
-    async def _write(self, entry: OutboxEntry) -> tuple[ReplayOutcome, uuid.UUID]:
-        async with self.session_factory.begin() as session:
+    async def _replay_claimed(self, path: Path) -> uuid.UUID | None:
+        """Replay one entry under its claim: the job id when it landed here, else None
+        (held or finished by another replayer, or quarantined). Raises only what is not
+        this entry's fault (an outage, the environment)."""
+        async with self._claim(path.name) as conn:
+            if conn is None:
+                return None
+            try:
+                raw = await in_thread(path.read_bytes)
+            except FileNotFoundError:
+                return None  # another replayer finished it (or its request withdrew it)
+            try:
+                entry = OutboxEntry.from_json(raw)
+            except OutboxEntryError as exc:
+                await in_thread(self._quarantine, path, str(exc))
+                return None
+            try:
+                outcome, stands_for = await self._write(conn, entry)
+            except Exception as exc:
+                if is_database_outage(exc) or not is_entry_failure(exc):
+                    raise
+                await in_thread(self._quarantine, path, f"{type(exc).__name__}: {exc}")
+                return None
+            await in_thread(self._finish, path, entry, outcome, stands_for)
+            return entry.job_id
+
+    def _finish(
+        self, path: Path, entry: OutboxEntry, outcome: ReplayOutcome, stands_for: uuid.UUID
+    ) -> None:
+        if outcome is ReplayOutcome.merged:
+            self.outbox.record_merge(entry.job_id, stands_for)
+        self.outbox.remove(path)
+        if entry.job.new.idempotency_key is not None:
+            self.outbox.release_key(entry.job.new.idempotency_key, entry.job_id)
+
+    def _quarantine(self, path: Path, error: str) -> None:
+        if self.outbox.quarantine(path, error):
+            log.error("outbox entry %s quarantined: %s", path.name, _one_line(error))
+            self.quarantined_total += 1
+
+    async def _write(
+        self, conn: AsyncConnection, entry: OutboxEntry
+    ) -> tuple[ReplayOutcome, uuid.UUID]:
+        async with self.session_factory(bind=conn) as session, session.begin():
             media_id = None
             if entry.media is not None:
                 media_id = await self.media.register_placed(session, entry.media)
