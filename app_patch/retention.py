@@ -52,22 +52,25 @@ from sqlalchemy import (
     ColumnElement,
     Row,
     and_,
+    any_,
+    bindparam,
     false,
     func,
     insert,
     literal,
     or_,
     select,
+    text,
     union_all,
-    update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.types import ARRAY, Uuid
 
 from app_patch import store_identity
 from app_patch.errors import OperatorError
 from app_patch.file_locks import try_lock_keys, try_lock_keys_for_session, unlock_session_keys
 from app_patch.models import Artifact, MediaFile, RetentionEvent
-from app_patch.outbox import Outbox
+from app_patch.outbox import FAILED, Outbox
 from app_patch.settings import RetentionSettings, Settings
 from app_patch.storage import (
     ARTIFACTS,
@@ -273,6 +276,7 @@ class _Run:
         self.batch = self.settings.batch_size
         self.report = SweepReport(dry_run, {p: PolicyTotals() for p in selected})
         self.deleted_media: list[str] = []
+        self.outbox = _OutboxKeys(Outbox(self.storage.outbox_dir, create=False))
 
     async def apply(self, policy: Policy) -> None:
         if policy is Policy.uploads:
@@ -348,7 +352,7 @@ class _Run:
             rows = (
                 await conn.execute(
                     select(model.id, model.storage_key, model.size_bytes)
-                    .where(model.id.in_(ids), model.deleted_at.is_(None), *still)
+                    .where(model.id == any_(_uuid_array(ids)), model.deleted_at.is_(None), *still)
                     .with_for_update(skip_locked=True)
                 )
             ).all()
@@ -390,26 +394,10 @@ class _Run:
             )
         if unavailable and not done:
             raise StorageUnavailableError(f"storage unavailable: {self.report.errors[-1]}")
-        for kind in {v.kind for v in done}:
-            ids = [v.id for v in done if v.kind == kind]
-            await conn.execute(
-                update(kind.model).where(kind.model.id.in_(ids)).values(deleted_at=func.now())
-            )
-        if done:
-            await conn.execute(
-                insert(RetentionEvent),
-                [
-                    {
-                        "object_type": v.kind.object_type.value,
-                        "object_id": str(v.id),
-                        "storage_key": v.key,
-                        "bytes_freed": v.size,
-                        "policy": policy.value,
-                        "reason": v.reason,
-                    }
-                    for v in done
-                ],
-            )
+        for kind in (_MEDIA, _ARTIFACTS):
+            mine = [v for v in done if v.kind is kind]
+            if mine:
+                await _mark_and_audit(conn, kind, policy, mine)
         self.report.add(policy, len(done), sum(v.size for v in done))
         self.deleted_media += [
             sha for v in done if v.kind is _MEDIA and (sha := sha256_of_upload_key(v.key))
@@ -417,13 +405,16 @@ class _Run:
         return len(done)
 
     def _unlink_all(self, keys: list[str]) -> list[bool | StorageError]:
-        """Per key: True removed, False already gone, or the refusal/failure."""
+        """Per key: True removed, False already gone, or the refusal/failure (keys of the
+        store's own shape are checked without a ``realpath``, each directory once per batch:
+        ``Storage.generated_path_for``)."""
         results: list[bool | StorageError] = []
-        for key in keys:
-            try:
-                results.append(self.storage.remove(key))
-            except StorageError as exc:
-                results.append(exc)
+        with self.storage.dirs_checked_once():
+            for key in keys:
+                try:
+                    results.append(self.storage.remove(key))
+                except StorageError as exc:
+                    results.append(exc)
         return results
 
     # ---------------------------------------------------------- quota
@@ -630,9 +621,9 @@ class _Run:
             await self.pause()
 
     async def outbox_keys(self) -> set[str]:
-        """Files of jobs answered while PostgreSQL was down: they get their rows at replay."""
-        outbox = Outbox(self.storage.outbox_dir, create=False)
-        return await in_thread(outbox.referenced_keys)
+        """Files of jobs answered while PostgreSQL was down: they get their rows at replay.
+        Read once per sweep, re-read only when an outbox directory changed (``_OutboxKeys``)."""
+        return await in_thread(self.outbox.current)
 
     def _not_held(self, files: list[FileEntry]) -> list[FileEntry]:
         """The tmp files that no live writer holds (flock probe)."""
@@ -747,7 +738,89 @@ class _LooseBatch:
             raise
 
 
+class _OutboxKeys:
+    """The keys pending and failed outbox entries name, read once per sweep and re-checked
+    before every use by two ``stat`` calls instead of reading every entry again.
+
+    An entry appears, moves to ``failed/`` or comes back only by a rename into ``outbox/`` or
+    ``outbox/failed/``, which changes that directory's inode times. The stamps are taken
+    *before* the entries are read, so a change during the read shows at the next check. File
+    times are coarse (a clock tick), so a change in the same tick as an earlier one could keep
+    the stamp: stamps younger than ``SETTLE_NS`` at the read are never trusted (read again).
+    """
+
+    SETTLE_NS = 2_000_000_000
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+        self.dirs = (outbox.directory, outbox.directory / FAILED)
+        self.keys: set[str] = set()
+        self.stamps: tuple[tuple[int, int, int] | None, ...] | None = None
+        self.trusted = False
+        self.reads = 0
+
+    def _stamps(self) -> tuple[tuple[int, int, int] | None, ...]:
+        stamps: list[tuple[int, int, int] | None] = []
+        for directory in self.dirs:
+            try:
+                st = os.stat(directory)
+            except FileNotFoundError:
+                stamps.append(None)
+                continue
+            stamps.append((st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
+        return tuple(stamps)
+
+    def current(self) -> set[str]:
+        stamps = self._stamps()
+        if self.trusted and stamps == self.stamps:
+            return self.keys
+        now = time.time_ns()
+        self.keys = self.outbox.referenced_keys()
+        self.stamps = stamps
+        self.trusted = all(s is None or max(s[1], s[2]) < now - self.SETTLE_NS for s in stamps)
+        self.reads += 1
+        return self.keys
+
+
 # ---------------------------------------------------------------- queries
+
+
+_MARK_AND_AUDIT = """
+WITH victim AS (
+    SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:sizes AS bigint[]), CAST(:reasons AS text[]))
+        WITH ORDINALITY AS v(id, bytes_freed, reason, n)
+), gone AS (
+    UPDATE {table} AS t SET deleted_at = now() FROM victim
+    WHERE t.id = victim.id AND t.deleted_at IS NULL
+    RETURNING t.id, t.storage_key, victim.bytes_freed, victim.reason, victim.n
+)
+INSERT INTO retention_events (object_type, object_id, storage_key, bytes_freed, policy, reason)
+SELECT :object_type, CAST(gone.id AS text), gone.storage_key, gone.bytes_freed, :policy,
+       gone.reason
+FROM gone ORDER BY gone.n
+"""  # audit rows in the victims' order (expired before least recently used, for quota)
+
+
+def _uuid_array(ids: list[uuid.UUID]) -> Any:
+    """One array parameter instead of an IN list of as many parameters as ids."""
+    return bindparam("ids", ids, type_=ARRAY(Uuid()))
+
+
+async def _mark_and_audit(
+    conn: AsyncConnection, kind: _RowKind, policy: Policy, victims: list[_Victim]
+) -> None:
+    """One statement per batch: mark the (locked) rows deleted and write their audit rows."""
+    statement = _MARK_AND_AUDIT.format(table=kind.model.__tablename__)
+    await conn.execute(
+        text(statement),
+        {
+            "ids": [v.id for v in victims],
+            "sizes": [v.size for v in victims],
+            "reasons": [v.reason for v in victims],
+            "object_type": kind.object_type.value,
+            "policy": policy.value,
+        },
+    )
 
 
 async def _live_count(conn: AsyncConnection, model: type[MediaFile] | type[Artifact]) -> int:

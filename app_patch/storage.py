@@ -35,7 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path, PurePosixPath
@@ -136,6 +136,20 @@ def artifact_key(job_id: uuid.UUID, kind: str, ext: str, day: date) -> str:
     return f"{ARTIFACTS}/{day:%Y/%m/%d}/{job_id}/{kind}.{ext}"
 
 
+_GENERATED_ARTIFACT = re.compile(
+    rf"{ARTIFACTS}/[0-9]{{4}}/[0-9]{{2}}/[0-9]{{2}}/[0-9a-f]{{8}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-"
+    r"[0-9a-f]{4}-[0-9a-f]{12}/[a-z0-9][a-z0-9_-]{0,63}\.[a-z0-9]{1,16}"
+)
+
+
+def is_generated_key(key: str) -> bool:
+    """True for exactly the shapes ``upload_key`` and ``artifact_key`` produce (a string check,
+    no filesystem access): such a key has no ``..``, no empty part and a fixed depth."""
+    if key.startswith(UPLOADS):
+        return sha256_of_upload_key(key) is not None
+    return _GENERATED_ARTIFACT.fullmatch(key) is not None
+
+
 def check_key(key: str) -> PurePosixPath:
     """Syntactic checks of a key (no filesystem access); the resolve check is in ``path_for``."""
     if not isinstance(key, str) or not key:
@@ -214,6 +228,8 @@ class Storage:
         self.settings = settings
         self.root = Path(os.path.abspath(settings.root))
         self._real_root = Path(os.path.realpath(self.root))
+        self._root_str = str(self.root)
+        self._checked = threading.local()  # generated_path_for's memo (dirs_checked_once)
         self._usage: tuple[float, dict[str, AreaUsage]] | None = None
 
     @classmethod
@@ -256,6 +272,48 @@ class Storage:
         if not resolved.is_relative_to(self._real_root) or resolved == self._real_root:
             raise StorageKeyError("storage key resolves outside the storage root")
         return path
+
+    def generated_path_for(self, key: str) -> str:
+        """``path_for`` for a key of the store's own shape (``is_generated_key``) without a
+        ``realpath``: each directory below the root is ``lstat``'d and must be a real
+        directory, and the file itself must not be a symlink (the key's fixed shape rules out
+        ``..`` and the like); inside ``dirs_checked_once()`` each directory only once. A key
+        of any other shape takes ``path_for``; a malformed one is refused by ``check_key``
+        before any filesystem access."""
+        if not is_generated_key(key):
+            return str(self.path_for(key))
+        memo: set[str] | None = getattr(self._checked, "dirs", None)
+        parts = key.split("/")
+        directory = self._root_str
+        for part in parts[:-1]:
+            directory = f"{directory}/{part}"
+            if memo is not None and directory in memo:
+                continue
+            try:
+                st = os.lstat(directory)
+            except FileNotFoundError:
+                break  # nothing below it either: the caller finds the file gone
+            except OSError as exc:
+                raise StorageUnavailableError.from_os(exc, f"inspect {key}") from exc
+            if not stat.S_ISDIR(st.st_mode):
+                raise StorageKeyError("storage key resolves outside the storage root")
+            if memo is not None:
+                memo.add(directory)
+        path = f"{self._root_str}/{key}"
+        with suppress(FileNotFoundError):
+            if stat.S_ISLNK(os.lstat(path).st_mode):
+                raise StorageKeyError("storage key names a symlink")
+        return path
+
+    @contextmanager
+    def dirs_checked_once(self) -> Iterator[None]:
+        """For a batch of removals in this thread: ``generated_path_for`` checks each
+        directory once (a sweeper batch; the memo ends with the block)."""
+        self._checked.dirs = set()
+        try:
+            yield
+        finally:
+            self._checked.dirs = None
 
     def key_of(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -402,8 +460,11 @@ class Storage:
     # ---- removal and listings (used by retention)
 
     def remove(self, key: str) -> bool:
-        """Unlink the file under ``key``: True if removed, False if it was already gone."""
-        path = self.path_for(key)
+        """Unlink the file under ``key``: True if removed, False if it was already gone.
+
+        Checked by ``generated_path_for`` (no ``realpath`` for the store's own key shapes;
+        ``unlink`` never follows the final component)."""
+        path = self.generated_path_for(key)
         try:
             os.unlink(path)
         except FileNotFoundError:

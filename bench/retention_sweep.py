@@ -5,11 +5,13 @@ layout the file store uses (``uploads/<sha[0:2]>/<sha[2:4]>/<sha256>``), made th
 every side; for ours, N ``media_files`` rows (COPY) whose ``expires_at`` has passed.
 
 * ours: ``Sweeper(engine, storage, RetentionSettings()).sweep(policies=[uploads])``, i.e.
-  batches of ``batch_size`` rows locked ``FOR UPDATE SKIP LOCKED``, files unlinked, rows marked
-  deleted, one ``retention_events`` row each, one commit per batch;
+  batches of ``batch_size`` rows: key locks, rows locked ``FOR UPDATE SKIP LOCKED``, files
+  unlinked, then one statement marking the rows deleted and writing their ``retention_events``
+  rows, one commit per batch;
 * limit: ``os.unlink(path)`` for every file of the other tree, in Python, paths precomputed;
-* context: ``Storage.remove(key)`` for every file of a third tree (the sweeper's per-file
-  path checks and unlink, without any database work).
+* context: ``Storage.remove(key)`` for every file of a third tree (the per-file key check and
+  unlink without any database work; the sweeper also skips re-checking a directory within a
+  batch).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from bench.report import BenchResult, Ratio, Series
 
 NAME = "retention_sweep"
 TITLE = "Retention sweep of expired uploads"
-TARGET = 0.50
+TARGET_DISK = 0.60
+TARGET_TMPFS = 0.30  # no disk below: the database's work per row weighs fully here
 FILE_BYTES = 64
 
 
@@ -203,11 +206,11 @@ def run(env: BenchEnv, quick: bool) -> BenchResult:
     series = [
         Series("ours_disk", "ours: Sweeper (uploads policy), disk", "files/s",
                samples["ours_disk"],
-               note="rows locked, files unlinked, rows marked, audit rows, per batch"),
+               note="per batch: locks, unlink, one mark + audit statement, commit"),
         Series("raw_disk", "raw os.unlink loop, disk", "files/s", samples["raw_disk"],
                role="limit", note="identical fresh tree, precomputed paths"),
     ]  # fmt: skip
-    ratios = [Ratio("ours_disk", "raw_disk", TARGET)]
+    ratios = [Ratio("ours_disk", "raw_disk", TARGET_DISK)]
     if shm is not None:
         series += [
             Series("ours_tmpfs", "ours: Sweeper (uploads policy), tmpfs", "files/s",
@@ -216,10 +219,10 @@ def run(env: BenchEnv, quick: bool) -> BenchResult:
                    role="limit", note="CPU cost of unlink alone"),
             Series("remove_tmpfs", "Storage.remove(key) loop, no DB, tmpfs", "files/s",
                    samples["remove_tmpfs"], role="context",
-                   note="the sweeper's per-file path checks + unlink"),
+                   note="per-file key check (no realpath) + unlink"),
         ]  # fmt: skip
         ratios += [
-            Ratio("ours_tmpfs", "raw_tmpfs", TARGET),
+            Ratio("ours_tmpfs", "raw_tmpfs", TARGET_TMPFS),
             Ratio("remove_tmpfs", "raw_tmpfs"),
         ]
     for place, _, _ in places:
