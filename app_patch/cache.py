@@ -20,7 +20,8 @@ Correctness rules (see ``HistoryService`` for the write side):
 * A write that could not reach Redis marks the key dirty: reads in this process bypass the
   key until an invalidation succeeds (or the old entry must have expired).
 * A hit costs one GET (behind the breaker and the deadline) and one decode: single-flight,
-  its task and shield are only for misses, dirty keys and lookups already in flight.
+  its task and shield are only for misses, dirty keys and lookups already in flight. Readers
+  of one key that arrive while its GET is in flight share that GET's reply.
 
 Not covered: a key evicted by Redis itself (maxmemory, FLUSHALL) between a write-through and
 a concurrent reader's fill may take that reader's older state for up to its TTL.
@@ -335,6 +336,7 @@ class RedisCache:
         self._op_timeout = settings.redis.op_timeout_s
         self._rng = random.Random()
         self._flights: dict[str, _Flight] = {}
+        self._gets: dict[str, asyncio.Future[object]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._dirty: dict[str, float] = {}
         self._history_dirty_until = 0.0
@@ -385,7 +387,7 @@ class RedisCache:
         key = cache_key(kind, ident)
         redis_ok = True
         if self._client is not None and key not in self._flights and key not in self._dirty:
-            raw = await self._call(kind, lambda c: c.get(key))
+            raw = await self._shared_get(kind, key)
             if raw is FAILED:
                 redis_ok = False  # one timeout per read, not two: the load skips Redis
             elif raw is not None:
@@ -401,6 +403,25 @@ class RedisCache:
             return await self._read_through(flight, kind, key, model, loader, placement, usable)
 
         return await self._single_flight(key, kind, lookup)
+
+    async def _shared_get(self, kind: Kind, key: str) -> object:
+        """One GET of ``key`` at a time in this process: readers that arrive while it is in
+        flight share its reply (a hot or cold key costs Redis one GET, not one per reader).
+        The first reader does the GET itself (no task); if it is cancelled the others see a
+        miss and look again inside the single-flight."""
+        pending = self._gets.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        shared: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._gets[key] = shared
+        raw: object = None
+        try:
+            raw = await self._call(kind, lambda c: c.get(key))
+        finally:
+            if self._gets.get(key) is shared:  # a write may have detached it already
+                del self._gets[key]
+            shared.set_result(raw)
+        return raw
 
     async def get_history_page(
         self,
@@ -583,6 +604,7 @@ class RedisCache:
 
     def _detach(self, key: str) -> None:
         """Readers arriving after this write must not join a lookup that began before it."""
+        self._gets.pop(key, None)
         flight = self._flights.pop(key, None)
         if flight is not None:
             flight.stale = True

@@ -117,3 +117,19 @@ async def test_a_dirty_key_is_read_from_postgres_not_from_the_old_entry(
     got = await service.get_job(job.id)
 
     assert got == done
+
+
+async def test_a_read_after_a_write_never_shares_a_get_from_before_it(
+    service: HistoryService, cache: RedisCache
+) -> None:
+    job, _ = await service.create_job(repo.NewJob(analysis_type="basic"))
+    key = cache_key(Kind.job, str(job.id))
+    early = asyncio.create_task(cache._shared_get(Kind.job, key))
+    await asyncio.sleep(0)  # its GET is registered and in flight (the reply needs a poll)
+    assert key in cache._gets
+
+    done = await service.mark_running(job.id)
+
+    assert key not in cache._gets, "the write detached the GET that began before it"
+    assert await service.get_job(job.id) == done
+    await early
