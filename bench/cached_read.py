@@ -10,21 +10,38 @@ Limits, same Redis server, same key, same bytes:
 * ``redis-benchmark -t set,get -d <len>``: the server's GET rate from C clients (``-c 1``
   for the sequential pair, ``-c 50`` for the concurrent one).
 
+Peer, same Redis server, same JSON body, same key shape: ``cashews``, the read done the way a
+cashews user caches a loader: ``@cache(ttl=...)`` on the same PostgreSQL loader ``get_job``
+uses, the JSON codec registered with ``cashews.serialize.register_type``, a pool as large as
+ours; warmed, then every timed call must be a hit (the loader is counted). Ours should be at
+least as fast (ours / cashews >= 1.0).
+
 Context: sync redis-py GET (sequential).
+
+The sides of each pair run in a rotating order in every repetition, so that a burst of load
+from elsewhere on the machine does not always land on the same side.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app_patch.cache import Kind, RedisCache, cache_key
+from app_patch import repository as repo
+from app_patch.cache import Kind, RedisCache, cache_key, encode_body
 from app_patch.db import create_engine, create_session_factory
+from app_patch.schemas import JobOut
 from app_patch.service import HistoryService
+from app_patch.settings import Settings
 from bench.common import BenchError, Timed, run_timed, run_workers, tail
 from bench.env import BenchEnv
 from bench.history_write import new_job, result_in
@@ -33,7 +50,9 @@ from bench.report import BenchResult, Ratio, Series
 
 NAME = "cached_read"
 TITLE = "Cached GET /analyses/{id} (service layer)"
-TARGET = 0.50
+TARGET = 0.60
+PEER_TARGET = 1.0  # times the peer's rate
+PEER_PREFIX = "ma:v1:cashews"  # the peer's keys: ma:v1:cashews:<job id>, beside ours
 REDIS_BENCHMARK = "redis-benchmark"
 KEYS = 256  # distinct finished jobs read in turn
 
@@ -46,8 +65,70 @@ class Sizes:
     repetitions: int
 
 
-QUICK = Sizes(reads=3000, concurrency=32, benchmark_requests=20000, repetitions=3)
+QUICK = Sizes(reads=3000, concurrency=32, benchmark_requests=20000, repetitions=5)
 FULL = Sizes(reads=20000, concurrency=32, benchmark_requests=200000, repetitions=5)
+
+
+Reader = Callable[[int], Awaitable[None]]
+
+
+def missing_peer() -> str | None:
+    """Why the peer cannot run here (its package is in the dev extra only), or None."""
+    try:
+        import cashews  # noqa: F401
+    except ImportError:
+        return "peer not measured: cashews is not installed (pip install -e '.[dev]')"
+    return None
+
+
+class CashewsPeer:
+    """The same loader as ``HistoryService.get_job``'s, cached the cashews way."""
+
+    def __init__(
+        self, settings: Settings, redis_url: str, sessions: async_sessionmaker[AsyncSession]
+    ) -> None:
+        from cashews import Cache
+        from cashews.serialize import register_type
+
+        async def encode(value: JobOut, *args: Any, **kwargs: Any) -> bytes:
+            return encode_body(value)  # the JSON body ours stores, byte for byte
+
+        async def decode(value: bytes, *args: Any, **kwargs: Any) -> JobOut:
+            return JobOut.model_validate_json(value)
+
+        register_type(JobOut, encode, decode)
+        self.cache = Cache()
+        self.cache.setup(redis_url, max_connections=settings.redis.max_connections)
+        self.loads = 0
+        ttl = timedelta(seconds=settings.cache.ttl_job_finished_s)
+
+        @self.cache(ttl=ttl, key=PEER_PREFIX + ":{job_id}")
+        async def get_job(job_id: uuid.UUID) -> JobOut | None:
+            self.loads += 1
+            async with sessions() as session:
+                return await repo.get_job(session, job_id)
+
+        self.get_job = get_job
+
+    def key(self, job_id: uuid.UUID) -> str:
+        return f"{PEER_PREFIX}:{job_id}"
+
+    async def close(self) -> None:
+        await self.cache.close()
+
+
+async def _rotated(
+    samples: dict[str, list[float]],
+    rep: int,
+    sides: dict[str, tuple[Reader, int]],
+    reads: int,
+) -> None:
+    """One measurement of each side, in an order that rotates with the repetition."""
+    names = list(sides)
+    turn = rep % len(names)
+    for name in names[turn:] + names[:turn]:
+        work, concurrency = sides[name]
+        samples[name].append((await run_workers(reads, concurrency, work)).rate)
 
 
 async def _measure(env: BenchEnv, db_url: str, sizes: Sizes) -> dict[str, list[float]]:
@@ -58,8 +139,19 @@ async def _measure(env: BenchEnv, db_url: str, sizes: Sizes) -> dict[str, list[f
     service = HistoryService(sessions, cache)
     raw = aioredis.Redis.from_url(env.redis_url)
     sync = redis.Redis.from_url(env.redis_url)
+    peer = CashewsPeer(settings, env.redis_url, sessions) if missing_peer() is None else None
     samples: dict[str, list[float]] = {
-        k: [] for k in ("ours_seq", "ours_conc", "raw_seq", "raw_conc", "sync_seq", "ours_one_key")
+        k: []
+        for k in (
+            "ours_seq",
+            "ours_conc",
+            "raw_seq",
+            "raw_conc",
+            "peer_seq",
+            "peer_conc",
+            "sync_seq",
+            "ours_one_key",
+        )
     }
     try:
         jobs = []
@@ -74,6 +166,16 @@ async def _measure(env: BenchEnv, db_url: str, sizes: Sizes) -> dict[str, list[f
             raise BenchError(f"the finished job was not written through to Redis ({keys[0]})")
         if await service.get_job(ids[0]) != jobs[0]:
             raise BenchError("the cached job differs from the written one")
+        if peer is not None:
+            for job in jobs:  # warm: one load per key, then only hits
+                if await peer.get_job(job.id) != job:
+                    raise BenchError("the peer's job differs from the written one")
+            peer_stored = await raw.get(peer.key(ids[0]))
+            body = encode_body(jobs[0])
+            if not isinstance(peer_stored, bytes) or not peer_stored.endswith(body):
+                raise BenchError(f"the peer did not store the same JSON body: {peer_stored!r}")
+            if await peer.get_job(ids[0]) != jobs[0]:
+                raise BenchError("the peer's cached job differs from the written one")
 
         # distinct keys in flight: single-flight never coalesces these reads
         async def ours(i: int) -> None:
@@ -88,6 +190,11 @@ async def _measure(env: BenchEnv, db_url: str, sizes: Sizes) -> dict[str, list[f
             got = await raw.get(keys[i % KEYS])
             assert got is not None
 
+        async def peer_get(i: int) -> None:
+            assert peer is not None
+            got = await peer.get_job(ids[i % KEYS])
+            assert got is not None
+
         def sync_loop(n: int) -> Timed:
             started = time.perf_counter()
             for i in range(n):
@@ -95,20 +202,21 @@ async def _measure(env: BenchEnv, db_url: str, sizes: Sizes) -> dict[str, list[f
             return Timed(time.perf_counter() - started, n)
 
         stats = cache.stats.kinds[Kind.job]
-        await run_workers(500, sizes.concurrency, ours)  # warm-up of both clients
-        await run_workers(500, sizes.concurrency, raw_get)
+        c = sizes.concurrency
+        seq: dict[str, tuple[Reader, int]] = {"ours_seq": (ours, 1), "raw_seq": (raw_get, 1)}
+        conc: dict[str, tuple[Reader, int]] = {"ours_conc": (ours, c), "raw_conc": (raw_get, c)}
+        if peer is not None:
+            seq["peer_seq"] = (peer_get, 1)
+            conc["peer_conc"] = (peer_get, c)
+        for work, _ in conc.values():  # warm-up of every client
+            await run_workers(500, c, work)
         sync_loop(500)
         loads_before, coalesced_before = stats.loads, stats.coalesced
-        for _ in range(sizes.repetitions):
-            samples["ours_seq"].append((await run_workers(sizes.reads, 1, ours)).rate)
-            samples["raw_seq"].append((await run_workers(sizes.reads, 1, raw_get)).rate)
+        peer_loads_before = peer.loads if peer is not None else 0
+        for rep in range(sizes.repetitions):
+            await _rotated(samples, rep, seq, sizes.reads)
             samples["sync_seq"].append(sync_loop(sizes.reads).rate)
-            samples["ours_conc"].append(
-                (await run_workers(sizes.reads, sizes.concurrency, ours)).rate
-            )
-            samples["raw_conc"].append(
-                (await run_workers(sizes.reads, sizes.concurrency, raw_get)).rate
-            )
+            await _rotated(samples, rep, conc, sizes.reads)
         if stats.coalesced != coalesced_before:
             raise BenchError("reads of distinct keys were coalesced: the figure would be wrong")
         for _ in range(sizes.repetitions):
@@ -119,16 +227,22 @@ async def _measure(env: BenchEnv, db_url: str, sizes: Sizes) -> dict[str, list[f
             raise BenchError(
                 f"{stats.loads - loads_before} timed reads missed the cache (not a warm read)"
             )
+        if peer is not None and peer.loads != peer_loads_before:
+            raise BenchError(f"{peer.loads - peer_loads_before} timed peer reads missed")
         samples["value_bytes"] = [float(len(stored))]
         samples["coalesced"] = [float(stats.coalesced - coalesced_before)]
         for job_id in ids:
             await cache.invalidate(Kind.job, str(job_id))
             await cache.invalidate(Kind.result, str(job_id))
         await raw.delete(*keys)
+        if peer is not None:
+            await raw.delete(*(peer.key(job_id) for job_id in ids))
     finally:
         await raw.aclose()
         sync.close()
         await cache.close()
+        if peer is not None:
+            await peer.close()
         await engine.dispose()
     return samples
 
@@ -161,6 +275,7 @@ def _cleanup_benchmark_key(env: BenchEnv) -> None:
 
 def run(env: BenchEnv, quick: bool) -> BenchResult:
     sizes = QUICK if quick else FULL
+    peer_missing = missing_peer()
     db_url = env.create_database("cache")
     samples = asyncio.run(_measure(env, db_url, sizes))
     value_bytes = int(samples.pop("value_bytes")[0])
@@ -203,6 +318,14 @@ def run(env: BenchEnv, quick: bool) -> BenchResult:
                 note=f"-t set,get -d {value_bytes}",
             ),
             Series(
+                "peer_seq",
+                "peer: cashews @cache on the same loader, sequential",
+                "reads/s",
+                samples["peer_seq"],
+                role="peer",
+                note="1 coroutine, warm, every call a hit; same JSON body",
+            ),
+            Series(
                 "ours_conc",
                 f"ours: HistoryService.get_job, {c} concurrent",
                 "reads/s",
@@ -226,6 +349,14 @@ def run(env: BenchEnv, quick: bool) -> BenchResult:
                 note=f"-t set,get -d {value_bytes}",
             ),
             Series(
+                "peer_conc",
+                f"peer: cashews @cache on the same loader, {c} concurrent",
+                "reads/s",
+                samples["peer_conc"],
+                role="peer",
+                note=f"{c} coroutines, cashews' pool sized like ours",
+            ),
+            Series(
                 "sync_seq",
                 "raw redis-py sync GET, sequential",
                 "reads/s",
@@ -238,7 +369,7 @@ def run(env: BenchEnv, quick: bool) -> BenchResult:
                 "reads/s",
                 samples["ours_one_key"],
                 role="context",
-                note=f"single-flight shares one lookup ({coalesced} reads coalesced)",
+                note=f"hits share a GET in flight, no single-flight ({coalesced} joins)",
             ),
         ],
         ratios=[
@@ -246,6 +377,8 @@ def run(env: BenchEnv, quick: bool) -> BenchResult:
             Ratio("ours_conc", "raw_conc", TARGET),
             Ratio("ours_seq", "bench_seq"),
             Ratio("ours_conc", "bench_conc"),
+            Ratio("ours_seq", "peer_seq", PEER_TARGET, unit="x"),
+            Ratio("ours_conc", "peer_conc", PEER_TARGET, unit="x"),
         ],
         params={
             "reads_per_rep": sizes.reads,
@@ -259,7 +392,11 @@ def run(env: BenchEnv, quick: bool) -> BenchResult:
             "The value is the cache envelope of a finished job with its result, as "
             "HistoryService.mark_succeeded wrote it; ours decodes it into a JobOut each time.",
             f"Reads rotate over {KEYS} finished jobs so that concurrent reads never share a "
-            "single-flight lookup (checked: 0 coalesced); the one-key row shows what "
-            "single-flight does when they do.",
+            "single-flight lookup (checked: 0 coalesced); the one-key row: hits of one key "
+            "share the GET in flight instead (single-flight is for misses).",
+            "The peer (cashews, default serializer settings) stores b'JobOut:' + the same JSON "
+            "body under ma:v1:cashews:<id> and decodes it with JobOut.model_validate_json; ours "
+            "also checks the breaker, the deadline and the envelope's rank and generation.",
+            *([peer_missing] if peer_missing else []),
         ],
     )
