@@ -10,6 +10,7 @@ files the containers read to ``.data/secrets/``.
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from app_patch.settings import get_settings
 from infra import in_stack, stack_ops, tasks_infra
 from infra.docker_host import engine_address
 from infra.engines import EngineKind
+from infra.engines.base import DeployRequest
 from infra.progress import RichProgress
 from infra.secrets_file import STACK_ENV, ensure_stack_env
 from infra.verify_containers import report
@@ -112,12 +114,20 @@ def db_status(c: Context) -> None:
         "no_build": "reuse the images already built",
         "no_verify": "skip the checks after migrating",
         "port": "the embedded engine's local API port (default MA_API_PORT)",
+        "monitoring": "add Prometheus (scraping the API, with the alert rules) to the stack",
     }
 )
 def up(
-    c: Context, engine: str = "", no_build: bool = False, no_verify: bool = False, port: int = 0
+    c: Context,
+    engine: str = "",
+    no_build: bool = False,
+    no_verify: bool = False,
+    port: int = 0,
+    monitoring: bool = False,
 ) -> None:
     """The main job: start the stack, migrate it to head, verify it."""
+    if monitoring:  # the setting MA_INFRA_MONITORING / monitoring, for this up and its record
+        os.environ["MA_INFRA_MONITORING"] = "true"
     with _stack_errors():
         with _progress().live() as shown:
             endpoints = stack_ops.up(
@@ -178,6 +188,22 @@ def down(c: Context, volumes: bool = False, yes: bool = False) -> None:
         console.print(f"volumes kept: {', '.join(kept)}")
     elif not volumes and kind is EngineKind.EMBEDDED:
         console.print("data kept")
+
+
+@task(
+    help={
+        "no_build": "roll out the API image already built",
+        "timeout": "seconds a new replica gets to become healthy (default: deployTimeoutS)",
+        "drain": "seconds an old replica gets to finish its requests (default: drainTimeoutS)",
+    }
+)
+def deploy(c: Context, no_build: bool = False, timeout: int = 0, drain: int = 0) -> None:
+    """Roll the API onto a new image behind the proxy, one replica at a time, dropping no
+    request; a new image that never gets healthy is removed and the old one keeps serving."""
+    request = DeployRequest(build=not no_build, deploy_timeout_s=timeout, drain_timeout_s=drain)
+    with _stack_errors(), _progress().live() as shown:
+        migration = stack_ops.deploy(request, shown)
+    console.print(f"[green]deployed[/green]; schema at {migration.to_revision}")
 
 
 @task(help={"engine": "pulumi, compose or embedded (default: the one `up` would choose)"})
@@ -269,7 +295,7 @@ def bench(c: Context, quick: bool = False, only: str = "", out: str = "") -> Non
 
 
 ns = Collection(
-    secrets, db_roles, migrate, db_status, up, preview, down, verify, serve, test, bench
+    secrets, db_roles, migrate, db_status, up, preview, deploy, down, verify, serve, test, bench
 )
 for infra_task in tasks_infra.TASKS:
     ns.add_task(infra_task)

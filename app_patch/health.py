@@ -28,11 +28,15 @@ def _instance_id() -> str:
 
 
 INSTANCE_ID = _instance_id()
+BUILD = os.environ.get("MA_API_BUILD", "").strip()[:64] or "dev"
+"""The image's build stamp (``BUILD_STAMP`` build argument of the API image): which version
+answers, e.g. during ``invoke deploy``."""
 
 
 class Live(BaseModel):
     status: Literal["ok"] = "ok"
     instance: str = Field(default=INSTANCE_ID, description="this process's id (random per process)")
+    build: str = Field(default=BUILD, description="the build stamp of the image serving")
 
 
 class AreaFigures(BaseModel):

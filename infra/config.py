@@ -71,6 +71,11 @@ _REDIS_USER = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _FORWARDED = re.compile(r"^[0-9a-fA-F.:/]+(,[0-9a-fA-F.:/]+)*$")
 
 
+MAX_API_REPLICAS = 10
+"""The proxy's server slots (``server-template api 1-10`` in infra/images/proxy/haproxy.cfg):
+API containers beyond them would get no traffic. A deploy's surge container takes a slot too."""
+
+
 class ConfigError(ValueError):
     """One setting is missing or wrong; ``setting`` is its name in the source used."""
 
@@ -114,12 +119,31 @@ class StackConfig:
     redis_pids_limit: int = 128
     api_log_json: bool = True
     forwarded_allow_ips: str = "127.0.0.1"
+    # The reverse proxy in front of the API replicas (HAProxy), and rollouts through it.
+    proxy_name: str = "media-analysis-proxy"
+    proxy_image: str = "media-analysis-kit/proxy:latest"
+    api_replicas: int = 1
+    proxy_request_timeout_s: int = 10
+    proxy_client_timeout_s: int = 30
+    proxy_max_connections: int = 2000
+    proxy_memory_mb: int = 128
+    proxy_pids_limit: int = 128
+    deploy_timeout_s: int = 30
+    drain_timeout_s: int = 30
+    # `invoke up --monitoring`: a Prometheus on the network, scraping the API, with the rules.
+    monitoring: bool = False
+    prometheus_name: str = "media-analysis-prometheus"
+    prometheus_image: str = "media-analysis-kit/prometheus:latest"
+    prometheus_memory_mb: int = 512
 
     def validate(self, key_of: Callable[[str], str] = lambda name: name) -> StackConfig:
         """Raise :class:`ConfigError` (named with ``key_of(field)``) on the first bad value."""
         if self.mode not in get_args(Mode):
             raise ConfigError(key_of("mode"), f"must be 'managed' or 'external', not {self.mode!r}")
-        for name in ("network_name", "postgres_host", "redis_host", "api_name"):
+        for name in (
+            "network_name", "postgres_host", "redis_host", "api_name", "proxy_name",
+            "prometheus_name",
+        ):  # fmt: skip
             _check(key_of(name), getattr(self, name), _DOCKER_NAME, "a Docker object name")
         for name in ("postgres_user", "postgres_db", "postgres_owner_user", "postgres_app_user"):
             _check(key_of(name), getattr(self, name), _IDENTIFIER, "a plain SQL identifier")
@@ -140,19 +164,37 @@ class StackConfig:
             _FORWARDED,
             "comma-separated IP addresses or networks (no '*')",
         )
-        for name in ("postgres_image", "redis_image", "api_image", "base_image"):
+        for name in (
+            "postgres_image", "redis_image", "api_image", "proxy_image", "prometheus_image",
+            "base_image",
+        ):  # fmt: skip
             _check(key_of(name), getattr(self, name), _IMAGE, "an image reference")
         _in_range(key_of("api_host_port"), self.api_host_port, 1, 65535)
         _in_range(key_of("postgres_host_port"), self.postgres_host_port, 0, 65535)
         _in_range(key_of("redis_db"), self.redis_db, 0, 15)
-        for name in ("api_memory_mb", "postgres_memory_mb", "redis_memory_mb"):
+        for name in (
+            "api_memory_mb", "postgres_memory_mb", "redis_memory_mb", "proxy_memory_mb",
+            "prometheus_memory_mb",
+        ):  # fmt: skip
             _in_range(key_of(name), getattr(self, name), 64, 1 << 20)
         _in_range(key_of("redis_maxmemory_percent"), self.redis_maxmemory_percent, 10, 90)
-        for name in ("api_pids_limit", "postgres_pids_limit", "redis_pids_limit"):
+        for name in (
+            "api_pids_limit",
+            "postgres_pids_limit",
+            "redis_pids_limit",
+            "proxy_pids_limit",
+        ):
             _in_range(key_of(name), getattr(self, name), 32, 1 << 16)
+        _in_range(key_of("api_replicas"), self.api_replicas, 1, MAX_API_REPLICAS - 1)
+        for name in ("proxy_request_timeout_s", "proxy_client_timeout_s"):
+            _in_range(key_of(name), getattr(self, name), 1, 3600)
+        for name in ("deploy_timeout_s", "drain_timeout_s"):
+            _in_range(key_of(name), getattr(self, name), 1, 3600)
+        _in_range(key_of("proxy_max_connections"), self.proxy_max_connections, 10, 1_000_000)
         if not 0 < self.api_cpus <= 64:
             raise ConfigError(key_of("api_cpus"), f"must be in (0, 64], not {self.api_cpus}")
-        if len({self.postgres_host, self.redis_host, self.api_name}) != 3:
+        names = {self.postgres_host, self.redis_host, self.api_name, self.proxy_name}
+        if len(names | {self.prometheus_name}) != 5:
             raise ConfigError(key_of("api_name"), "container names must differ")
         return self
 

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Collection, Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,15 +67,24 @@ def extra_ca_certs(bundle: Path = HOST_CA_BUNDLE, distro_glob: str = DISTRO_CA_G
     return "\n".join(extra)
 
 
-def build_all(spec: Stack | None = None, progress: Progress | None = None) -> list[BuiltImage]:
-    """Build every image the spec builds locally (default: the managed stack's spec)."""
+def build_all(
+    spec: Stack | None = None,
+    progress: Progress | None = None,
+    only: Collection[str] | None = None,
+    extra_args: Mapping[str, str] | None = None,
+) -> list[BuiltImage]:
+    """Build every image the spec builds locally (default: the managed stack's spec), each
+    once (the API replicas share one); ``only`` limits it to these services' images, and
+    ``extra_args`` adds build arguments (e.g. the API's ``BUILD_STAMP``)."""
     spec = spec if spec is not None else build_stack(StackConfig())
     extra_ca = extra_ca_certs()
     built: list[BuiltImage] = []
     for service in spec.services:
-        if service.build is None:
+        if service.build is None or (only is not None and service.name not in only):
             continue
-        args = dict(service.build.args)
+        if any(image.tag == service.image for image in built):
+            continue
+        args = {**service.build.args, **(extra_args or {})}
         if extra_ca:
             args.setdefault("EXTRA_CA_CERTS", extra_ca)
         base = args.get("BASE_IMAGE", BASE_IMAGE)

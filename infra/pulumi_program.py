@@ -111,7 +111,14 @@ def render(
             opts=volume_options(),
         )
     for service in spec.ordered_services():
-        rendered.images[service.name] = _image(service, root)
+        # Replicas of one service share its image: one build, one resource.
+        shared = next(
+            (rendered.images[other.name] for other in spec.services
+             if other.name in rendered.images and other.image == service.image
+             and other.build == service.build),
+            None,
+        )  # fmt: skip
+        rendered.images[service.name] = shared or _image(service, root)
         uploads = _uploads(service, secrets)
         if uploads and service.hardening.read_only:
             _secret_loader(service, uploads, rendered)
@@ -447,8 +454,8 @@ def declare(config: pulumi.Config) -> Program:
     managed = stack_config.mode == "managed"
     servers = frozenset({stack_config.postgres_host, stack_config.redis_host} if managed else ())
     rendered = render(spec, secrets, retained=servers)
-    api_port = next(
-        p for p in spec.service(stack_config.api_name).ports if p.container_port == API_PORT
+    api_port = next(  # published by the proxy in front of the API replicas
+        p for p in spec.service(stack_config.proxy_name).ports if p.container_port == API_PORT
     )
     outputs: dict[str, pulumi.Input[object]] = {
         "apiUrl": f"http://{api_port.host_ip}:{api_port.host_port}",

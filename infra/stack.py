@@ -44,6 +44,9 @@ REDIS_PORT = 6379
 PG_VOLUME = "pg-data"
 REDIS_VOLUME = "redis-data"
 STORAGE_VOLUME = "media-storage"
+PROMETHEUS_VOLUME = "prometheus-data"
+PROMETHEUS_UID = 10003
+PROMETHEUS_PORT = 9090
 LABELS = {"io.media-analysis-kit.stack": PROJECT}
 OWNER_LABEL = "io.media-analysis-kit.owner"
 """Every container of a stack carries its owner (``infra.engines.record``): tasks compare it with
@@ -59,8 +62,25 @@ POSTGRES_CAPS = ("SETGID", "SETUID")
 REDIS_CAPS = ("SETGID", "SETUID")
 # The API's root filesystem is read-only; it writes media under STORAGE_ROOT (a volume) and
 # temporary files (uploads being received, Python's tempfile) under /tmp.
+API_POOL_BUDGET = (20, 30)
+"""Pool size and overflow of the whole API (app_patch.settings' defaults), split evenly over
+its replicas."""
 API_TMPFS = {"/tmp": "rw,noexec,nosuid,nodev,size=256m,mode=1777"}
 
+
+# The proxy's own liveness: its monitor-uri on a loopback-only port (bash's /dev/tcp: the image
+# has no HTTP client).
+def _http_probe(port: int, path: str) -> str:
+    """A bash one-liner that succeeds when ``GET path`` on loopback answers 200."""
+    return (
+        f"exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3"
+        " && head -n1 <&3 | grep -q ' 200 '"
+    )
+
+
+PROXY_HEALTH_PROBE = _http_probe(8405, "/healthz")
+# The proxy's root filesystem is read-only; its runtime socket lives in this tmpfs.
+PROXY_TMPFS = {"/tmp": "rw,noexec,nosuid,nodev,size=1m,mode=1777"}
 _READY_PROBE = (
     "import sys, urllib.request; "
     f"r = urllib.request.urlopen('http://127.0.0.1:{API_PORT}/health/ready', timeout=4); "
@@ -75,7 +95,10 @@ def build_stack(config: StackConfig, owner: str | None = None) -> Stack:
     managed = config.mode == "managed"
     network = Network(config.network_name, external=not managed, labels=LABELS if managed else {})
     volumes = [Volume(STORAGE_VOLUME, labels=LABELS)]
-    services = [api_service(config)]
+    services = [*api_replicas(config), proxy_service(config)]
+    if config.monitoring:
+        volumes.append(Volume(PROMETHEUS_VOLUME, labels=LABELS))
+        services.append(prometheus_service(config))
     if managed:
         volumes = [Volume(PG_VOLUME, labels=LABELS), Volume(REDIS_VOLUME, labels=LABELS), *volumes]
         services = [postgres_service(config), redis_service(config), *services]
@@ -188,6 +211,81 @@ def redis_admin_cli(config: StackConfig, command: str) -> str:
     )
 
 
+def api_replica_names(config: StackConfig) -> tuple[str, ...]:
+    """The API containers: ``api_name``, then ``api_name-2`` ... (``apiReplicas`` of them)."""
+    return (config.api_name, *(f"{config.api_name}-{i}" for i in range(2, config.api_replicas + 1)))
+
+
+def api_replicas(config: StackConfig) -> list[Service]:
+    """The API's replicas: the same container under each name of :func:`api_replica_names`,
+    all answering the DNS name ``api_name`` on the network (what the proxy resolves)."""
+    first = api_service(config)
+    return [replace(first, name=name) for name in api_replica_names(config)]
+
+
+def proxy_service(config: StackConfig) -> Service:
+    """HAProxy in front of the API replicas (infra/images/proxy): publishes the API's port,
+    resolves ``api_name`` through Docker's DNS, checks every replica each second, and bounds
+    slow and idle clients (``proxyRequestTimeoutS``, ``proxyClientTimeoutS``,
+    ``proxyMaxConnections``)."""
+    return Service(
+        name=config.proxy_name,
+        image=config.proxy_image,
+        build=Build("infra/images/proxy", "Dockerfile", {"BASE_IMAGE": config.base_image}),
+        env={
+            "PROXY_BACKEND": config.api_name,
+            "PROXY_MAXCONN": str(config.proxy_max_connections),
+            "PROXY_REQUEST_TIMEOUT": f"{config.proxy_request_timeout_s}s",
+            "PROXY_CLIENT_TIMEOUT": f"{config.proxy_client_timeout_s}s",
+            "PROXY_SERVER_TIMEOUT": "300s",
+        },
+        networks=(NetworkAttachment(config.network_name, (config.proxy_name,)),),
+        ports=(PortMapping(API_PORT, config.api_host_port, config.api_host_ip),),
+        healthcheck=Healthcheck(
+            test=("CMD", "bash", "-c", PROXY_HEALTH_PROBE),
+            interval_s=5,
+            timeout_s=3,
+            retries=12,
+            start_period_s=5,
+        ),
+        depends_on={name: "service_healthy" for name in api_replica_names(config)},
+        user="haproxy",
+        limits=Limits(memory_mb=config.proxy_memory_mb, pids=config.proxy_pids_limit),
+        hardening=Hardening(read_only=True, tmpfs=PROXY_TMPFS),
+        labels=LABELS,
+    )
+
+
+def prometheus_service(config: StackConfig) -> Service:
+    """Prometheus (infra/images/prometheus, Debian's package) for ``invoke up --monitoring``:
+    scrapes every API replica through the network's DNS with the API key as a Bearer
+    credential (a secret file), and evaluates monitoring/alerts.yml. Not published: ``invoke
+    verify`` asks it over the network whether its targets are up and its rules loaded."""
+    return Service(
+        name=config.prometheus_name,
+        image=config.prometheus_image,
+        build=Build(".", "infra/images/prometheus/Dockerfile", {"BASE_IMAGE": config.base_image}),
+        secret_files=(
+            SecretFile(
+                "api_key", SecretTemplate("{api_key}"), uid=PROMETHEUS_UID, gid=PROMETHEUS_UID
+            ),
+        ),
+        networks=(NetworkAttachment(config.network_name, (config.prometheus_name,)),),
+        volumes=(VolumeMount(PROMETHEUS_VOLUME, "/prometheus"),),
+        healthcheck=Healthcheck(
+            test=("CMD", "bash", "-c", _http_probe(PROMETHEUS_PORT, "/-/ready")),
+            interval_s=10,
+            timeout_s=3,
+            retries=12,
+            start_period_s=10,
+        ),
+        user=f"{PROMETHEUS_UID}:{PROMETHEUS_UID}",
+        limits=Limits(memory_mb=config.prometheus_memory_mb, pids=256),
+        hardening=Hardening(read_only=True),
+        labels=LABELS,
+    )
+
+
 def api_service(config: StackConfig) -> Service:
     user = quote(config.postgres_app_user, safe="")
     database = quote(config.postgres_db, safe="")
@@ -207,6 +305,10 @@ def api_service(config: StackConfig) -> Service:
             "MA_API_KEYS_FILE": _file("api_key_digest"),
             # uvicorn reads it itself: whose X-Forwarded-* headers it believes.
             "FORWARDED_ALLOW_IPS": config.forwarded_allow_ips,
+            # One process's default pool is 20 + 30 connections; the replicas share one budget
+            # of that size, so N replicas never exceed PostgreSQL's default max_connections.
+            "MA_DB_POOL_SIZE": str(max(2, API_POOL_BUDGET[0] // config.api_replicas)),
+            "MA_DB_MAX_OVERFLOW": str(max(2, API_POOL_BUDGET[1] // config.api_replicas)),
         },
         secret_files=(
             SecretFile(
@@ -238,7 +340,6 @@ def api_service(config: StackConfig) -> Service:
         ),
         networks=(NetworkAttachment(config.network_name, (config.api_name,)),),
         volumes=(VolumeMount(STORAGE_VOLUME, STORAGE_ROOT),),
-        ports=(PortMapping(API_PORT, config.api_host_port, config.api_host_ip),),
         healthcheck=Healthcheck(
             test=("CMD", "python3", "-c", _READY_PROBE),
             interval_s=5,

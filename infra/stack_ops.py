@@ -33,9 +33,11 @@ from infra.config import (
     secrets_from_env,
 )
 from infra.engines import NOTHING_STARTED, EngineKind, StackEndpoints, UpRequest, containers, record
+from infra.engines.base import DeployRequest
 from infra.in_stack import ContainerTarget, FileStoreTarget, LocalTarget, StackNotRunningError
 from infra.progress import Progress
 from infra.smoke import SmokeTarget, run_smoke
+from infra.stack import build_stack
 from infra.verify_containers import CheckResult
 
 __all__ = ["NOTHING_STARTED", "StackEndpoints"]
@@ -202,8 +204,9 @@ def up(*, engine: str | None, build: bool, progress: Progress, port: int = 0) ->
 
 def wait_api_ready(endpoints: StackEndpoints, timeout_s: float = 300) -> None:
     """Wait (bounded) until the API answers ``/health/ready`` with 200: after ``up`` migrated
-    the schema, the API's readiness (which checks the schema) follows within seconds. A
-    container API is also waited for until Docker's own healthcheck says healthy."""
+    the schema, the API's readiness (which checks the schema) follows within seconds. On a
+    container engine, every container of the stack is then waited for until Docker's own
+    healthcheck says healthy."""
     if endpoints.api_url is None:
         return
     url = f"{endpoints.api_url}/health/ready"
@@ -225,7 +228,8 @@ def wait_api_ready(endpoints: StackEndpoints, timeout_s: float = 300) -> None:
     found = record.load()
     if endpoints.engine in CONTAINER_ENGINES and found is not None and found.config is not None:
         remaining = max(1.0, deadline - time.monotonic())
-        docker_host.wait_healthy([found.config.api_name], timeout_s=remaining)
+        ours = [service.name for service in build_stack(found.config).services]
+        docker_host.wait_healthy(ours, timeout_s=remaining)  # the proxy, Prometheus too
 
 
 def preview(*, engine: str | None, progress: Progress) -> tuple[EngineKind, str]:
@@ -251,6 +255,15 @@ def down(
 ) -> None:
     engine.down(found, remove_volumes=volumes, progress=progress)
     record.clear()
+
+
+def deploy(request: DeployRequest, progress: Progress) -> UpgradeReport:
+    """``invoke deploy``: the schema first (migrations are expand-only, so the old replicas
+    keep working on it), then the recorded stack's engine rolls the API onto the new image."""
+    engine, found = engines.recorded()
+    report = migrate(engine.attach(found))
+    engine.deploy(found, request, progress)
+    return report
 
 
 def verify(endpoints: StackEndpoints) -> list[CheckResult]:

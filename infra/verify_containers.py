@@ -18,23 +18,29 @@ import os
 import re
 import secrets
 import shlex
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+import httpx
 import testinfra
 from rich.console import Console
 from rich.table import Table
 
+from infra import docker_host, proxy
 from infra.config import StackConfig, config_from_env
 from infra.redis_acl import ALLOWED_TO_APP, DENIED_TO_APP, OUTSIDE_KEY
 from infra.spec import NO_NEW_PRIVILEGES, SECRETS_DIR, Service
 from infra.stack import (
+    API_PORT,
     POSTGRES_PORT,
+    PROMETHEUS_PORT,
     STORAGE_ROOT,
     STORAGE_VOLUME,
+    api_replica_names,
     build_stack,
     redis_admin_cli,
 )
@@ -108,7 +114,12 @@ def run_checks(config: StackConfig | None = None) -> list[CheckResult]:
     config = config if config is not None else _recorded_config()
     spec = build_stack(config)
     ours = {service.name: service for service in spec.services}
-    names = (config.postgres_host, config.redis_host, config.api_name)
+    names = (
+        config.postgres_host,
+        config.redis_host,
+        *api_replica_names(config),
+        config.proxy_name,
+    )
     checks: list[tuple[str, Callable[[], str]]] = []
     for name in names:
         checks.append((f"{name} running and healthy", partial(_healthy, name)))
@@ -142,6 +153,14 @@ def run_checks(config: StackConfig | None = None) -> list[CheckResult]:
             lambda: _postgres_not_published(config),
         ),
         (
+            f"the API replicas are reached only through {config.proxy_name}",
+            lambda: _api_behind_proxy(config),
+        ),
+        (
+            f"{config.proxy_name} routes to every API replica (all UP)",
+            lambda: _proxy_sees_replicas(config),
+        ),
+        (
             f"{config.redis_host} refuses unauthenticated commands",
             lambda: _redis_requires_auth(config),
         ),
@@ -150,6 +169,17 @@ def run_checks(config: StackConfig | None = None) -> list[CheckResult]:
             lambda: _storage_writable(config.api_name),
         ),
     ]
+    if config.monitoring:
+        checks += [
+            (
+                f"{config.prometheus_name} scrapes every API replica (targets up)",
+                lambda: _prometheus_targets(config),
+            ),
+            (
+                f"{config.prometheus_name} loaded the alert rules",
+                lambda: _prometheus_rules(config),
+            ),
+        ]
     if config.redis_host in ours:
         checks += [
             (
@@ -268,6 +298,63 @@ def _postgres_not_published(config: StackConfig) -> str:
     if published:
         raise CheckFailed(f"published: {json.dumps(published)}")
     return "no host port binding"
+
+
+def _api_behind_proxy(config: StackConfig) -> str:
+    """No API replica publishes a port; the proxy publishes the API's."""
+    for name in api_replica_names(config):
+        bindings = _inspect(name)["HostConfig"].get("PortBindings") or {}
+        if any(bindings.values()):
+            raise CheckFailed(f"{name} publishes {json.dumps(bindings)}")
+    published = _inspect(config.proxy_name)["HostConfig"].get("PortBindings") or {}
+    if not any(published.values()):
+        raise CheckFailed(f"{config.proxy_name} publishes nothing")
+    return f"only {config.proxy_name} publishes: {json.dumps(published)}"
+
+
+def _proxy_sees_replicas(config: StackConfig) -> str:
+    replicas = api_replica_names(config)
+    addresses = {docker_host.container_ip(name, config.network_name) for name in replicas}
+    servers = proxy.servers(config.proxy_name)
+    up = {s.address for s in servers if s.up and not s.draining}
+    missing = addresses - up
+    if missing:
+        raise CheckFailed(f"not UP in the proxy: {', '.join(sorted(missing))}")
+    return f"{len(addresses)} replica(s) UP: {', '.join(sorted(addresses))}"
+
+
+def _prometheus_api(config: StackConfig, path: str) -> Any:
+    address = docker_host.container_ip(config.prometheus_name, config.network_name)
+    answer = httpx.get(f"http://{address}:{PROMETHEUS_PORT}{path}", timeout=5)
+    if answer.status_code != 200:
+        raise CheckFailed(f"GET {path}: HTTP {answer.status_code}")
+    return answer.json()["data"]
+
+
+def _prometheus_targets(config: StackConfig) -> str:
+    """Every replica's address is an active target whose last scrape succeeded (a fresh
+    Prometheus scrapes within its interval: waited for, bounded)."""
+    wanted = {
+        f"{docker_host.container_ip(name, config.network_name)}:{API_PORT}"
+        for name in api_replica_names(config)
+    }
+    deadline = time.monotonic() + 45
+    while True:
+        active = _prometheus_api(config, "/api/v1/targets")["activeTargets"]
+        health = {t["labels"].get("instance"): t["health"] for t in active}
+        if all(health.get(target) == "up" for target in wanted):
+            return f"{len(wanted)} target(s) up: {', '.join(sorted(wanted))}"
+        if time.monotonic() >= deadline:
+            raise CheckFailed(f"targets: {json.dumps(health)}; wanted up: {sorted(wanted)}")
+        time.sleep(2)
+
+
+def _prometheus_rules(config: StackConfig) -> str:
+    groups = _prometheus_api(config, "/api/v1/rules")["groups"]
+    rules = [rule["name"] for group in groups for rule in group.get("rules", [])]
+    if not rules:
+        raise CheckFailed("no rules loaded")
+    return f"{len(rules)} rules in {len(groups)} group(s)"
 
 
 def _redis_requires_auth(config: StackConfig) -> str:

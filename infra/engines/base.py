@@ -72,6 +72,16 @@ class UpRequest:
     timeout_s: float = 300
 
 
+@dataclass(frozen=True)
+class DeployRequest:
+    """What ``invoke deploy`` asks: build the API image first, and the timeouts (0: the stack
+    settings ``deployTimeoutS`` / ``drainTimeoutS``)."""
+
+    build: bool = True
+    deploy_timeout_s: float = 0
+    drain_timeout_s: float = 0
+
+
 class StackEngine(Protocol):
     """One way to run the stack: :mod:`infra.engines.compose`, :mod:`infra.engines.pulumi`,
     :mod:`infra.engines.embedded`."""
@@ -104,4 +114,8 @@ class StackEngine(Protocol):
 
     def checks(self, endpoints: StackEndpoints) -> list[CheckResult]:
         """This engine's own checks, added to the smoke checks ``verify`` runs."""
+        ...
+
+    def deploy(self, record: StackRecord, request: DeployRequest, progress: Progress) -> None:
+        """Roll the API onto a new image without dropping a request (or refuse: one line)."""
         ...

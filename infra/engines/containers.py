@@ -82,15 +82,16 @@ def endpoints(
     config: StackConfig, passwords: Mapping[str, str], engine: EngineKind
 ) -> StackEndpoints:
     """Endpoints of a running container stack: the servers by their address on the network
-    (reachable from the Docker host, nothing published), the API by its published port."""
+    (reachable from the Docker host, nothing published), the API by the port its proxy
+    publishes."""
     try:
         pg_ip = docker_host.container_ip(config.postgres_host, config.network_name)
         redis_ip = docker_host.container_ip(config.redis_host, config.network_name)
     except (DockerException, LookupError) as exc:
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise EngineError(f"the {engine} stack is not running ({detail}): run invoke up") from None
-    api = build_stack(config).service(config.api_name)
-    port = next(p for p in api.ports if p.container_port == API_PORT)
+    proxy = build_stack(config).service(config.proxy_name)  # publishes the API's port
+    port = next(p for p in proxy.ports if p.container_port == API_PORT)
     host = "127.0.0.1" if port.host_ip in {"0.0.0.0", ""} else port.host_ip
     owner, app = config.postgres_owner_user, config.postgres_app_user
     try:

@@ -12,7 +12,14 @@ from typing import ClassVar
 
 from infra import local_api
 from infra.engines import record
-from infra.engines.base import DownPlan, EngineError, EngineKind, StackEndpoints, UpRequest
+from infra.engines.base import (
+    DeployRequest,
+    DownPlan,
+    EngineError,
+    EngineKind,
+    StackEndpoints,
+    UpRequest,
+)
 from infra.progress import Progress
 from infra.verify_containers import CheckResult
 
@@ -107,6 +114,14 @@ class EmbeddedEngine:
             server.start()  # attaches to the running server
             server.stop()
             progress.step(f"stopped the embedded PostgreSQL in {root / 'pg'} (data kept)")
+
+    def deploy(
+        self, recorded: record.StackRecord, request: DeployRequest, progress: Progress
+    ) -> None:
+        raise EngineError(
+            "invoke deploy rolls API containers behind the proxy: the embedded engine has one "
+            "local API process (restart it with invoke down && invoke up)"
+        )
 
     def checks(self, endpoints: StackEndpoints) -> list[CheckResult]:
         """The local API the stack records must run and answer as ours (its instance id):

@@ -29,7 +29,14 @@ from docker.errors import NotFound
 from infra import docker_host
 from infra.config import ConfigError, StackConfig, config_from_source, pulumi_key
 from infra.engines import containers, record
-from infra.engines.base import DownPlan, EngineError, EngineKind, StackEndpoints, UpRequest
+from infra.engines.base import (
+    DeployRequest,
+    DownPlan,
+    EngineError,
+    EngineKind,
+    StackEndpoints,
+    UpRequest,
+)
 from infra.progress import CommandFailed, Progress, run_streaming
 from infra.stack import build_stack
 from infra.verify_containers import CheckResult, run_checks
@@ -222,6 +229,15 @@ class PulumiEngine:
             for name in plan.deletable:
                 progress.step(f"deleting volume {name}")
                 _remove_volume(name)
+
+    def deploy(
+        self, recorded: record.StackRecord, request: DeployRequest, progress: Progress
+    ) -> None:
+        raise EngineError(
+            "invoke deploy is the compose engine's rolling update; on Pulumi run `invoke up` "
+            "(pulumi up replaces the API containers delete-first: the proxy answers 503 "
+            "while no replica runs)"
+        )
 
     def checks(self, endpoints: StackEndpoints) -> list[CheckResult]:
         recorded = record.load()

@@ -101,7 +101,8 @@ def _compose_view(service: dict[str, Any], files: dict[str, Any]) -> dict[str, A
         "pids": service.get("pids_limit"),
         "networks": {name: n["aliases"] for name, n in service["networks"].items()},
         "volumes": {
-            (v["source"], v["target"], v.get("read_only", False)) for v in service["volumes"]
+            (v["source"], v["target"], v.get("read_only", False))
+            for v in service.get("volumes", [])
         },
         "ports": service.get("ports", []),
         "healthcheck": (
@@ -127,8 +128,9 @@ def _compose_view(service: dict[str, Any], files: dict[str, Any]) -> dict[str, A
         {"mode": "managed"},
         {"mode": "external"},
         {"mode": "managed", "postgresHostPort": "15432", "apiHostIp": "0.0.0.0", "apiCpus": "0.5"},
+        {"mode": "managed", "apiReplicas": "3", "monitoring": "true"},
     ],
-    ids=["managed", "external", "managed-published"],
+    ids=["managed", "external", "managed-published", "replicas-monitoring"],
 )
 def test_pulumi_and_compose_renderings_agree(settings: dict[str, str], tmp_path: Path) -> None:
     # The same owner label as the program's (``pulumi:<project>/<stack>`` under the mocks).

@@ -46,6 +46,7 @@ from tests.infra.pulumi_harness import (
 
 PG, REDIS, API = "af-postgres-1", "af-redis-1", "media-analysis-api"
 LOADER = f"{API}-secrets"
+PROXY = "media-analysis-proxy"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXTERNAL_PASSWORDS = {
     key: value
@@ -74,6 +75,9 @@ def test_managed_mode_declares_exactly_the_whole_stack() -> None:
         (PIDS_LIMIT, f"{PG}-pids"),
         (PIDS_LIMIT, f"{REDIS}-pids"),
         (PIDS_LIMIT, f"{API}-pids"),
+        (IMAGE, f"{PROXY}-image"),
+        (CONTAINER, PROXY),
+        (PIDS_LIMIT, f"{PROXY}-pids"),
     }
     assert run.calls == []
     assert run.of_type(NETWORK)["af-network"]["name"] == "af-network"
@@ -95,6 +99,9 @@ def test_external_mode_only_references_the_shared_network_and_servers() -> None:
         (VOLUME, LOADER),
         (CONTAINER, LOADER),
         (PIDS_LIMIT, f"{API}-pids"),
+        (IMAGE, f"{PROXY}-image"),
+        (CONTAINER, PROXY),
+        (PIDS_LIMIT, f"{PROXY}-pids"),
     }
     assert [(call.token, call.args) for call in run.calls] == [
         (GET_NETWORK, {"name": "af-network"})
@@ -166,7 +173,12 @@ def test_api_gets_the_app_roles_urls_as_files_with_quoted_passwords() -> None:
         "MA_REDIS_URL_FILE": "/run/secrets/redis_url",
         "MA_API_KEYS_FILE": "/run/secrets/api_key_digest",
         "FORWARDED_ALLOW_IPS": "127.0.0.1",
+        "MA_DB_POOL_SIZE": "20",
+        "MA_DB_MAX_OVERFLOW": "30",
     }
+    # Three replicas share the one budget: at most 3 x (6 + 10) connections.
+    three = env_of(run_program({"apiReplicas": "3"}).containers[f"{API}-3"])
+    assert (three["MA_DB_POOL_SIZE"], three["MA_DB_MAX_OVERFLOW"]) == ("6", "10")
 
 
 def test_servers_read_their_passwords_from_root_only_files() -> None:
@@ -241,8 +253,9 @@ def test_pids_limits_are_applied_to_each_container() -> None:
         f"{PG}-pids": (f"{PG}-id", 512),
         f"{REDIS}-pids": (f"{REDIS}-id", 64),
         f"{API}-pids": (f"{API}-id", 300),
+        f"{PROXY}-pids": (f"{PROXY}-id", 128),
     }
-    for name in (PG, REDIS, API):
+    for name in (PG, REDIS, API, PROXY):
         assert any(urn.endswith(f"::{name}") for urn in run.dependencies[f"{name}-pids"])
 
 
@@ -284,8 +297,8 @@ def test_healthchecks_restart_user_limits_and_ports() -> None:
     assert api["user"] == API_USER
     assert not api["user"].startswith("0:") and api["user"] != "root"
     assert api["cpus"] == "1.0"
-    assert not pg.get("ports")
-    assert api["ports"] == [
+    assert not pg.get("ports") and not api.get("ports")  # the proxy publishes the API
+    assert run.containers[PROXY]["ports"] == [
         {"internal": 8000, "external": 18080, "ip": "127.0.0.1", "protocol": "tcp"}
     ]
     assert api["volumes"] == [
@@ -320,7 +333,7 @@ def test_prebuilt_images_are_referenced_not_built() -> None:
     remote = run.of_type(REMOTE_IMAGE)
     assert {inputs["name"] for inputs in remote.values()} == {"postgres:16", "redis:7"}
     assert all(inputs["keepLocally"] is True for inputs in remote.values())
-    assert set(run.of_type(IMAGE)) == {f"{API}-image"}
+    assert set(run.of_type(IMAGE)) == {f"{API}-image", f"{PROXY}-image"}
     assert run.containers[PG]["image"] == f"sha256:{PG}-image"
 
 
@@ -391,7 +404,9 @@ def test_project_file_entry_point_runs_the_program() -> None:
         return pulumi.Output.from_input(None)
 
     program()
-    assert {r.name for r in mocks.resources if r.typ == CONTAINER} == {PG, REDIS, API, LOADER}
+    assert {r.name for r in mocks.resources if r.typ == CONTAINER} == {
+        PG, REDIS, API, LOADER, PROXY
+    }  # fmt: skip
 
 
 def test_documented_dev_stack_config_is_the_defaults() -> None:
@@ -427,6 +442,24 @@ def test_volumes_and_the_network_are_retained_and_never_replaced() -> None:
     for name, inputs in run.of_type(VOLUME).items():
         assert set(inputs) - set(VOLUME_IGNORE_CHANGES) == {"name"}, name
     assert set(run.of_type(NETWORK)["af-network"]) - set(NETWORK_IGNORE_CHANGES) == {"name"}
+
+
+def test_api_replicas_share_one_image_behind_the_proxy() -> None:
+    """apiReplicas=3: three API containers answering the DNS name the proxy resolves, one
+    image resource, their own secret loaders; only the proxy publishes a port."""
+    run = run_program({"apiReplicas": "3"})
+
+    replicas = (API, f"{API}-2", f"{API}-3")
+    assert set(run.of_type(IMAGE)) == {f"{PG}-image", f"{REDIS}-image", f"{API}-image",
+                                       f"{PROXY}-image"}  # fmt: skip
+    for name in replicas:
+        inputs = run.containers[name]
+        assert inputs["image"] == f"sha256:{API}-image"
+        assert inputs["networksAdvanced"] == [{"name": "af-network", "aliases": [API]}]
+        assert not inputs.get("ports")
+        assert f"{name}-secrets" in run.containers
+    envs = env_of(run.containers[PROXY])
+    assert envs["PROXY_BACKEND"] == API
 
 
 def test_servers_are_retained_and_the_api_is_not() -> None:

@@ -209,6 +209,8 @@ def test_secret_files_are_written_owned_by_their_reader(tmp_path: Path) -> None:
     assert changed == ["af-redis-1", "media-analysis-api"]
     assert (root.stat().st_mode & 0o777) == 0o700
     for service in spec.services:
+        if not service.secret_files:
+            continue  # the proxy: no secrets
         assert (root / service.name).stat().st_mode & 0o777 == 0o700
         for f in service.secret_files:
             path = secrets_file.host_path(service.name, f, root)
@@ -258,7 +260,7 @@ def test_stack_env_gets_missing_passwords_appended_and_keeps_the_others(tmp_path
 def test_external_compose_declares_only_the_api() -> None:
     document = compose.render(build_stack(StackConfig(mode="external")))
 
-    assert set(document["services"]) == {"media-analysis-api"}
+    assert set(document["services"]) == {"media-analysis-api", "media-analysis-proxy"}
     assert document["networks"] == {"af-network": {"name": "af-network", "external": True}}
     assert set(document["volumes"]) == {"media-storage"}
     assert "depends_on" not in document["services"]["media-analysis-api"]
@@ -362,15 +364,16 @@ def test_verify_reports_every_check_failed_when_nothing_runs() -> None:
         postgres_host=f"absent-pg-{token}",
         redis_host=f"absent-redis-{token}",
         api_name=f"absent-api-{token}",
+        proxy_name=f"absent-proxy-{token}",
     )
     console = Console(record=True, width=200)
 
     results = run_checks(config)
 
-    assert len(results) == 20
+    assert len(results) == 26
     assert not any(result.ok for result in results)
     assert all("absent-" in result.detail for result in results), [
         r.detail for r in results if "absent-" not in r.detail
     ]
     assert report(results, console) == 1
-    assert "20 of 20 checks failed" in console.export_text()
+    assert "26 of 26 checks failed" in console.export_text()

@@ -150,7 +150,10 @@ def test_promtool_accepts_the_scrape_config(tmp_path: Path) -> None:
     file points at a stand-in key, as a mounted secret would be."""
     config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
     (job,) = config["scrape_configs"]
-    assert job["static_configs"] == [{"targets": ["media-analysis-api:8000"]}]
+    # One target per API replica: every replica answers the DNS name on af-network.
+    assert job["dns_sd_configs"] == [
+        {"names": ["media-analysis-api"], "type": "A", "port": 8000, "refresh_interval": "15s"}
+    ]
     assert job["metrics_path"] == "/metrics" and config["rule_files"] == ["alerts.yml"]
     assert job["authorization"]["type"] == "Bearer"
     key = tmp_path / "api-key"
