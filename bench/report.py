@@ -4,7 +4,9 @@ Every benchmark returns a :class:`BenchResult`: a few :class:`Series` (one figur
 several repetitions: ours, and the limits measured in the same run), :class:`Ratio` rows that
 set one of ours against one limit (ours / limit, on throughput; for durations the inverse, so
 a ratio is always "fraction of the limit's speed"; against a peer project, ``unit="x"``, it
-reads "times the peer's speed"), and :class:`Check` rows (pool timeouts must be 0).
+reads "times the peer's speed"; with ``unit="time"`` it is shown inverted, as a multiple of
+the limit's duration, and its target as the most allowed slowdown), and :class:`Check` rows
+(pool timeouts must be 0).
 ``write_results`` turns a :class:`RunResults` into ``results.json`` (everything, including
 each sample) and ``results.md`` (a side-by-side table with the ratios and targets). Nothing
 here measures anything, so it is unit-tested on its own.
@@ -25,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 Better = Literal["higher", "lower"]
-RatioUnit = Literal["%", "x"]  # "60.5 %" of a limit; "2.35 x" a peer
+RatioUnit = Literal["%", "x", "time"]  # "60.5 %" of a limit; "2.35 x" a peer; "1.20 x time"
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -195,6 +197,8 @@ def fmt_number(value: float) -> str:
 
 
 def fmt_ratio(value: float, unit: RatioUnit = "%") -> str:
+    if unit == "time":  # value is the fraction of the limit's speed: show the time multiple
+        return "inf" if value <= 0 else f"{1 / value:.2f} x time"
     if math.isinf(value):
         return "inf"
     return f"{value:.2f} x" if unit == "x" else f"{value * 100:.1f} %"
@@ -204,6 +208,8 @@ def fmt_target(rv: RatioValue) -> str:
     if rv.target is None:
         return "-"
     verdict = "met" if rv.met else "NOT met"
+    if rv.unit == "time":
+        return f"<= {1 / rv.target:.1f} x time: {verdict}"
     wanted = f"{rv.target:.1f} x" if rv.unit == "x" else f"{rv.target * 100:.0f} %"
     return f">= {wanted}: {verdict}"
 

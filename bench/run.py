@@ -30,6 +30,7 @@ from bench import (
     migrate_cold,
     persistence_cost,
     retention_sweep,
+    scale_curve,
     stack_up,
 )
 from bench.env import BenchEnv, bench_env, machine_facts
@@ -51,6 +52,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark(api_load.NAME, api_load.TITLE, api_load.run),
     Benchmark(migrate_cold.NAME, migrate_cold.TITLE, migrate_cold.run),
     Benchmark(stack_up.NAME, stack_up.TITLE, stack_up.run),
+    Benchmark(scale_curve.NAME, scale_curve.TITLE, scale_curve.run),
     Benchmark(persistence_cost.NAME, persistence_cost.TITLE, persistence_cost.run),
     # last: creating and deleting 100k-file trees churns the disk, which must not slow the rest
     Benchmark(retention_sweep.NAME, retention_sweep.TITLE, retention_sweep.run),
