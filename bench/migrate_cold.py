@@ -2,7 +2,7 @@
 
 Each repetition creates an empty database on the benchmark's server and runs
 ``python -m invoke migrate`` with ``MA_DB_URL`` pointing at it (the operator's command: a new
-interpreter, tasks.py, Alembic, the advisory lock, every revision).
+interpreter, the tasks package, Alembic, the advisory lock, every revision).
 
 Limit: the same DDL (``alembic upgrade head --sql``, generated once, untimed) executed by psycopg
 in one transaction on another empty database, in-process. Context: the interpreter + invoke
@@ -115,7 +115,7 @@ def run(env: BenchEnv, quick: bool) -> BenchResult:
                 "s",
                 ours,
                 better="lower",
-                note="new interpreter, tasks.py, Alembic online, advisory lock",
+                note="new interpreter, the tasks package, Alembic online, advisory lock",
             ),
             Series(
                 "raw",
