@@ -237,4 +237,3 @@ def restore(c: Context, backup: str, from_: str = "", force: bool = False) -> No
         f"{len(manifest.files)} files, revision {result.migrated_to}, store {result.store_id} "
         f"in {result.seconds:.1f} s"
     )
-
