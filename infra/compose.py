@@ -11,6 +11,7 @@ Literal ``$`` in plain values is escaped as ``$$`` so compose does not interpola
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -22,6 +23,8 @@ import yaml
 from infra import secrets_file
 from infra.secrets_file import host_path
 from infra.spec import Healthcheck, Service, Stack
+
+STACK_FILE_VERSION = "3.9"
 
 PROJECT_LABEL = "com.docker.compose.project"
 
@@ -71,31 +74,55 @@ def adopt(
     )
 
 
+def swarm_secret_names(spec: Stack, values: Mapping[str, str]) -> dict[str, str]:
+    """Secret key -> the swarm secret's name: the key and the first 12 hex digits of the
+    SHA-256 of the file's content. Swarm secrets are immutable, so a rotated value gets a new
+    name, and the services that mount it roll onto it (the old one is removed after)."""
+    return {
+        secret_key(service.name, f.name): swarm_secret_name(
+            service.name, f.name, f.content.resolve(values)
+        )
+        for service in spec.services
+        for f in service.secret_files
+    }
+
+
+def swarm_secret_name(service: str, file_name: str, content: str) -> str:
+    """One swarm secret's name (see :func:`swarm_secret_names`); Pulumi's swarm target too."""
+    digest = hashlib.sha256(content.encode()).hexdigest()[:12]
+    return f"{secret_key(service, file_name)}-{digest}"
+
+
 def render(
-    spec: Stack, base_dir: Path = REPO_ROOT, secrets_root: Path | None = None
+    spec: Stack,
+    base_dir: Path = REPO_ROOT,
+    secrets_root: Path | None = None,
+    swarm_secrets: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The compose document; build contexts and secret files are made relative to
-    ``base_dir`` (the directory the file will be written to)."""
+    ``base_dir`` (the directory the file will be written to). With ``swarm_secrets`` (from
+    :func:`swarm_secret_names`), the stack file of a swarm spec (see the module docstring)."""
     root = secrets_root or secrets_file.SECRETS_ROOT
-    document: dict[str, Any] = {
-        "services": {service.name: _service(service, base_dir) for service in spec.services},
-        "networks": {
-            network.name: (
-                {"name": network.name, "external": True}
-                if network.external
-                else {
-                    "name": network.name,
-                    "driver": network.driver,
-                    "labels": dict(network.labels),
-                }
-            )
-            for network in spec.networks
-        },
+    swarm = swarm_secrets is not None
+    document: dict[str, Any] = {"version": STACK_FILE_VERSION} if swarm else {}
+    document["services"] = {
+        service.name: _swarm_service(service) if swarm else _service(service, base_dir)
+        for service in spec.services
+    }
+    document["networks"] = {
+        network.name: (
+            {"name": network.name, "external": True}
+            if network.external
+            else {"name": network.name, "driver": network.driver, "labels": dict(network.labels)}
+            | ({"attachable": True} if network.attachable else {})
+        )
+        for network in spec.networks
     }
     secret_files = {
         secret_key(service.name, f.name): {
             "file": _relative(host_path(service.name, f, root), base_dir)
         }
+        | ({"name": swarm_secrets[secret_key(service.name, f.name)]} if swarm_secrets else {})
         for service in spec.services
         for f in service.secret_files
     }
@@ -192,6 +219,109 @@ def _service(service: Service, base_dir: Path) -> dict[str, Any]:
     if service.labels:
         rendered["labels"] = {key: _escape(value) for key, value in service.labels.items()}
     return rendered
+
+
+def _swarm_service(service: Service) -> dict[str, Any]:
+    """One service of a stack file (see the module docstring for what differs)."""
+    rendered: dict[str, Any] = {"image": service.image}
+    if service.command is not None:
+        rendered["command"] = [_escape(part) for part in service.command]
+    if service.env:
+        rendered["environment"] = {key: _escape(value) for key, value in service.env.items()}
+    if service.secret_files:
+        rendered["secrets"] = [
+            {
+                "source": secret_key(service.name, f.name),
+                "target": f.name,
+                "uid": str(f.uid),
+                "gid": str(f.gid),
+                "mode": f.mode,
+            }
+            for f in service.secret_files
+        ]
+    rendered["networks"] = {
+        attachment.network: {"aliases": list(attachment.aliases)} for attachment in service.networks
+    }
+    mounts = [
+        {"type": "volume", "source": mount.volume, "target": mount.target}
+        | ({"read_only": True} if mount.read_only else {})
+        for mount in service.volumes
+    ] + [
+        {"type": "tmpfs", "target": path, "tmpfs": {"size": tmpfs_size(options)}}
+        for path, options in service.hardening.tmpfs.items()
+    ]
+    if mounts:
+        rendered["volumes"] = mounts
+    if service.ports:
+        rendered["ports"] = [
+            {
+                "target": port.container_port,
+                "published": port.host_port,
+                "protocol": port.protocol,
+                "mode": "host",
+            }
+            for port in service.ports
+        ]
+    if service.healthcheck is not None:
+        rendered["healthcheck"] = _healthcheck(service.healthcheck)
+    if service.user is not None:
+        rendered["user"] = service.user
+    if service.hardening.read_only:
+        rendered["read_only"] = True
+    rendered["cap_drop"] = list(service.hardening.cap_drop)
+    if service.hardening.cap_add:
+        rendered["cap_add"] = list(service.hardening.cap_add)
+    labels = {key: _escape(value) for key, value in service.labels.items()}
+    if labels:
+        rendered["labels"] = labels
+    rendered["stop_grace_period"] = f"{service.deploy.stop_grace_s}s"
+    rendered["deploy"] = _deploy(service, labels)
+    return rendered
+
+
+def _deploy(service: Service, labels: Mapping[str, str]) -> dict[str, Any]:
+    deploy = service.deploy
+    limits: dict[str, Any] = {}
+    if service.limits.memory_mb is not None:
+        limits["memory"] = f"{service.limits.memory_mb}M"
+    if service.limits.cpus is not None:
+        limits["cpus"] = str(service.limits.cpus)
+    if service.limits.pids is not None:
+        limits["pids"] = service.limits.pids
+    update = {
+        "parallelism": 1,
+        "delay": "0s",
+        "order": deploy.order,
+        "failure_action": "rollback",
+        "monitor": f"{deploy.monitor_s}s",
+        "max_failure_ratio": 0,
+    }
+    rendered: dict[str, Any] = {
+        "mode": "replicated",
+        "replicas": deploy.replicas,
+        "endpoint_mode": "dnsrr",
+        "labels": dict(labels),
+        "restart_policy": {"condition": "any", "delay": "2s"},
+        "update_config": update,
+        "rollback_config": {**update, "failure_action": "pause"},
+    }
+    if deploy.constraints:
+        rendered["placement"] = {"constraints": list(deploy.constraints)}
+    if limits:
+        rendered["resources"] = {"limits": limits}
+    return rendered
+
+
+def tmpfs_size(options: str) -> int:
+    """The ``size=`` of tmpfs mount options in bytes (swarm's tmpfs mounts take a size and a
+    mode only: ``noexec``/``nosuid``/``nodev`` are Docker's defaults for them)."""
+    for option in options.split(","):
+        key, _, value = option.partition("=")
+        if key == "size":
+            units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+            factor = units.get(value[-1:].lower(), 1)
+            return int(value.rstrip("kKmMgG")) * factor
+    return 64 << 20
 
 
 def _healthcheck(check: Healthcheck) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import Literal, get_args
 from infra.spec import Secret
 
 Mode = Literal["managed", "external"]
+Target = Literal["containers", "swarm"]
 ENV_PREFIX = "MA_INFRA_"
 DATA_DIR = Path(__file__).resolve().parent.parent / ".data"
 """Local state of the tasks (stack record, passwords, compose's secret files)."""
@@ -90,6 +91,9 @@ class StackConfig:
     """Everything that varies between deployments of the stack (passwords excepted)."""
 
     mode: Mode = "managed"
+    # containers: one Docker engine (compose, Pulumi containers); swarm: services on a swarm
+    # (the swarm engine, Pulumi's swarm target).
+    target: Target = "containers"
     network_name: str = "af-network"
     postgres_host: str = "af-postgres-1"
     redis_host: str = "af-redis-1"
@@ -140,6 +144,10 @@ class StackConfig:
         """Raise :class:`ConfigError` (named with ``key_of(field)``) on the first bad value."""
         if self.mode not in get_args(Mode):
             raise ConfigError(key_of("mode"), f"must be 'managed' or 'external', not {self.mode!r}")
+        if self.target not in get_args(Target):
+            raise ConfigError(
+                key_of("target"), f"must be 'containers' or 'swarm', not {self.target!r}"
+            )
         for name in (
             "network_name", "postgres_host", "redis_host", "api_name", "proxy_name",
             "prometheus_name",
@@ -193,6 +201,8 @@ class StackConfig:
         _in_range(key_of("proxy_max_connections"), self.proxy_max_connections, 10, 1_000_000)
         if not 0 < self.api_cpus <= 64:
             raise ConfigError(key_of("api_cpus"), f"must be in (0, 64], not {self.api_cpus}")
+        if self.target == "swarm" and self.monitoring:
+            raise ConfigError(key_of("monitoring"), "is not available on target swarm (yet)")
         names = {self.postgres_host, self.redis_host, self.api_name, self.proxy_name}
         if len(names | {self.prometheus_name}) != 5:
             raise ConfigError(key_of("api_name"), "container names must differ")

@@ -32,10 +32,21 @@ spec with :func:`infra.stack.build_stack` and registers:
   applied through the Engine API's container update right after creation).
 
 Nothing secret is ever an env var or an argument: ``docker inspect`` shows none.
+
+With ``target: swarm`` the same spec becomes swarm resources instead (:func:`render_swarm`):
+an attachable overlay ``docker.Network`` (or the existing one), the volumes, one
+``docker.Secret`` per secret file, named after a hash of its content (swarm secrets are
+immutable: a new value is a new secret, created before the old one is deleted, and the
+services that mount it roll), and one ``docker.Service`` per service with the spec's
+:class:`~infra.spec.Deploy` (replicas, placement, rolling update with rollback), limits,
+capabilities, read-only root and tmpfs mounts. What pulumi-docker 5.2's ``Service`` cannot
+express: the pids limit (no input; the stack file has it) and no-new-privileges (swarm has
+none on Docker 20.10).
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -46,8 +57,9 @@ import pulumi
 import pulumi.dynamic
 import pulumi_docker as docker
 
+from infra.compose import secret_key, swarm_secret_name, tmpfs_size
 from infra.config import ConfigError, config_from_source, pulumi_key
-from infra.spec import SECRETS_DIR, Healthcheck, Service, Stack
+from infra.spec import SECRETS_DIR, Healthcheck, SecretFile, Service, Stack
 from infra.stack import API_PORT, build_stack
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +72,13 @@ VOLUME_IGNORE_CHANGES = ["driver", "driverOpts", "labels"]
 """Every ForceNew input of ``docker_volume`` except ``name`` (and ``cluster``, unused)."""
 NANO = Decimal(10) ** 9
 _LabelArgs = TypeVar(
-    "_LabelArgs", docker.NetworkLabelArgs, docker.VolumeLabelArgs, docker.ContainerLabelArgs
+    "_LabelArgs",
+    docker.NetworkLabelArgs,
+    docker.VolumeLabelArgs,
+    docker.ContainerLabelArgs,
+    docker.SecretLabelArgs,
+    docker.ServiceLabelArgs,
+    docker.ServiceTaskSpecContainerSpecLabelArgs,
 )
 
 
@@ -76,6 +94,8 @@ class Rendered:
     secret_volumes: dict[str, docker.Volume] = field(default_factory=dict)
     secret_loaders: dict[str, docker.Container] = field(default_factory=dict)
     pids_limits: dict[str, PidsLimit] = field(default_factory=dict)
+    services: dict[str, docker.Service] = field(default_factory=dict)
+    swarm_secrets: dict[str, docker.Secret] = field(default_factory=dict)
 
 
 def render(
@@ -87,29 +107,7 @@ def render(
     """Register the resources for ``spec``; ``secrets`` maps secret names to outputs; the
     containers named in ``retained`` (the managed servers) are left running by a delete."""
     rendered = Rendered()
-    for network in spec.networks:
-        if network.external:
-            found = docker.get_network_output(name=network.name)
-            rendered.network_names[network.name] = found.name
-        else:
-            resource = docker.Network(
-                network.name,
-                name=network.name,
-                driver=network.driver,
-                labels=_labels(network.labels, docker.NetworkLabelArgs),
-                opts=network_options(),
-            )
-            rendered.networks[network.name] = resource
-            rendered.network_names[network.name] = resource.name
-    for volume in spec.volumes:
-        if volume.external:
-            continue
-        rendered.volumes[volume.name] = docker.Volume(
-            volume.name,
-            name=volume.name,
-            labels=_labels(volume.labels, docker.VolumeLabelArgs),
-            opts=volume_options(),
-        )
+    _networks_and_volumes(spec, rendered)
     for service in spec.ordered_services():
         # Replicas of one service share its image: one build, one resource.
         shared = next(
@@ -133,6 +131,204 @@ def render(
                 opts=pulumi.ResourceOptions(depends_on=[container]),
             )
     return rendered
+
+
+def _networks_and_volumes(spec: Stack, rendered: Rendered) -> None:
+    for network in spec.networks:
+        if network.external:
+            found = docker.get_network_output(name=network.name)
+            rendered.network_names[network.name] = found.name
+            continue
+        resource = docker.Network(
+            network.name,
+            name=network.name,
+            driver=network.driver,
+            attachable=network.attachable or None,
+            labels=_labels(network.labels, docker.NetworkLabelArgs),
+            opts=network_options(),
+        )
+        rendered.networks[network.name] = resource
+        rendered.network_names[network.name] = resource.name
+    for volume in spec.volumes:
+        if volume.external:
+            continue
+        rendered.volumes[volume.name] = docker.Volume(
+            volume.name,
+            name=volume.name,
+            labels=_labels(volume.labels, docker.VolumeLabelArgs),
+            opts=volume_options(),
+        )
+
+
+def render_swarm(
+    spec: Stack, secrets: Mapping[str, pulumi.Output[str]], root: Path = REPO_ROOT
+) -> Rendered:
+    """Register the swarm resources for ``spec`` (target ``swarm``): see the module docstring."""
+    rendered = Rendered()
+    _networks_and_volumes(spec, rendered)
+    for service in spec.services:
+        shared = next(
+            (rendered.images[other.name] for other in spec.services
+             if other.name in rendered.images and other.image == service.image),
+            None,
+        )  # fmt: skip
+        rendered.images[service.name] = shared or _image(service, root)
+        refs = []
+        for secret_file in service.secret_files:
+            secret = _swarm_secret(service, secret_file, secrets, spec)
+            rendered.swarm_secrets[secret_key(service.name, secret_file.name)] = secret
+            refs.append(
+                docker.ServiceTaskSpecContainerSpecSecretArgs(
+                    secret_id=secret.id,
+                    secret_name=secret.name,
+                    file_name=secret_file.target,
+                    file_uid=str(secret_file.uid),
+                    file_gid=str(secret_file.gid),
+                    file_mode=secret_file.mode,
+                )
+            )
+        rendered.services[service.name] = _service(service, rendered, refs)
+    return rendered
+
+
+def _swarm_secret(
+    service: Service,
+    secret_file: SecretFile,
+    secrets: Mapping[str, pulumi.Output[str]],
+    spec: Stack,
+) -> docker.Secret:
+    names = secret_file.content.secret_names()
+    content: pulumi.Output[str] = pulumi.Output.all(*(secrets[name] for name in names)).apply(
+        lambda values: secret_file.content.resolve(dict(zip(names, values, strict=True)))
+    )
+    # The name carries a digest of the content, not the content: not a secret itself.
+    name = pulumi.Output.unsecret(
+        content.apply(lambda text: swarm_secret_name(service.name, secret_file.name, text))
+    )
+    return docker.Secret(
+        secret_key(service.name, secret_file.name),
+        name=name,
+        data=pulumi.Output.secret(_base64(content)),  # type: ignore[arg-type]
+        labels=_labels(service.labels, docker.SecretLabelArgs),
+    )
+
+
+def _base64(content: pulumi.Output[str]) -> pulumi.Output[str]:
+    """A docker_secret's ``data`` is base64."""
+    return content.apply(lambda text: base64.b64encode(text.encode()).decode())
+
+
+def _service(
+    service: Service,
+    rendered: Rendered,
+    secrets: list[docker.ServiceTaskSpecContainerSpecSecretArgs],
+) -> docker.Service:
+    image = rendered.images[service.name]
+    image_ref = image.repo_digest if isinstance(image, docker.Image) else image.image_id
+    hardening, deploy = service.hardening, service.deploy
+    mounts = [
+        docker.ServiceTaskSpecContainerSpecMountArgs(
+            target=mount.target,
+            type="volume",
+            source=(
+                rendered.volumes[mount.volume].name
+                if mount.volume in rendered.volumes
+                else mount.volume
+            ),
+            read_only=mount.read_only,
+        )
+        for mount in service.volumes
+    ] + [
+        docker.ServiceTaskSpecContainerSpecMountArgs(
+            target=path,
+            type="tmpfs",
+            tmpfs_options=docker.ServiceTaskSpecContainerSpecMountTmpfsOptionsArgs(
+                size_bytes=tmpfs_size(options)
+            ),
+        )
+        for path, options in hardening.tmpfs.items()
+    ]
+    limits = docker.ServiceTaskSpecResourcesLimitsArgs(
+        memory_bytes=service.limits.memory_mb << 20 if service.limits.memory_mb else None,
+        nano_cpus=int(service.limits.cpus * 1e9) if service.limits.cpus else None,
+    )
+    depends_on: list[pulumi.Resource] = [
+        rendered.volumes[m.volume] for m in service.volumes if m.volume in rendered.volumes
+    ]
+    check = service.healthcheck
+    return docker.Service(
+        service.name,
+        name=service.name,
+        task_spec=docker.ServiceTaskSpecArgs(
+            container_spec=docker.ServiceTaskSpecContainerSpecArgs(
+                image=image_ref,
+                args=list(service.command) if service.command is not None else None,
+                env=dict(service.env),
+                user=service.user,
+                labels=_labels(service.labels, docker.ServiceTaskSpecContainerSpecLabelArgs),
+                read_only=hardening.read_only,
+                cap_drops=list(hardening.cap_drop),
+                cap_adds=list(hardening.cap_add) or None,
+                healthcheck=docker.ServiceTaskSpecContainerSpecHealthcheckArgs(
+                    tests=list(check.test),
+                    interval=f"{check.interval_s}s",
+                    timeout=f"{check.timeout_s}s",
+                    retries=check.retries,
+                    start_period=f"{check.start_period_s}s",
+                )
+                if check
+                else None,
+                secrets=secrets or None,
+                mounts=mounts or None,
+                stop_grace_period=f"{deploy.stop_grace_s}s",
+            ),
+            networks_advanceds=[
+                docker.ServiceTaskSpecNetworksAdvancedArgs(
+                    name=rendered.network_names[a.network], aliases=list(a.aliases)
+                )
+                for a in service.networks
+            ],
+            placement=docker.ServiceTaskSpecPlacementArgs(constraints=list(deploy.constraints))
+            if deploy.constraints
+            else None,
+            resources=docker.ServiceTaskSpecResourcesArgs(limits=limits),
+            restart_policy=docker.ServiceTaskSpecRestartPolicyArgs(condition="any", delay="2s"),
+        ),
+        mode=docker.ServiceModeArgs(
+            replicated=docker.ServiceModeReplicatedArgs(replicas=deploy.replicas)
+        ),
+        update_config=docker.ServiceUpdateConfigArgs(
+            parallelism=1,
+            delay="0s",
+            order=deploy.order,
+            failure_action="rollback",
+            monitor=f"{deploy.monitor_s}s",
+            max_failure_ratio="0",
+        ),
+        rollback_config=docker.ServiceRollbackConfigArgs(
+            parallelism=1,
+            delay="0s",
+            order=deploy.order,
+            failure_action="pause",
+            monitor=f"{deploy.monitor_s}s",
+            max_failure_ratio="0",
+        ),
+        endpoint_spec=docker.ServiceEndpointSpecArgs(
+            mode="dnsrr",
+            ports=[
+                docker.ServiceEndpointSpecPortArgs(
+                    target_port=port.container_port,
+                    published_port=port.host_port,
+                    protocol=port.protocol,
+                    publish_mode="host",
+                )
+                for port in service.ports
+            ]
+            or None,
+        ),
+        labels=_labels(service.labels, docker.ServiceLabelArgs),
+        opts=pulumi.ResourceOptions(depends_on=depends_on),
+    )
 
 
 def _image(service: Service, root: Path) -> docker.Image | docker.RemoteImage:
@@ -453,7 +649,10 @@ def declare(config: pulumi.Config) -> Program:
     secrets = {secret.name: config.require_secret(secret.setting) for secret in spec.secrets}
     managed = stack_config.mode == "managed"
     servers = frozenset({stack_config.postgres_host, stack_config.redis_host} if managed else ())
-    rendered = render(spec, secrets, retained=servers)
+    if stack_config.target == "swarm":
+        rendered = render_swarm(spec, secrets)
+    else:
+        rendered = render(spec, secrets, retained=servers)
     api_port = next(  # published by the proxy in front of the API replicas
         p for p in spec.service(stack_config.proxy_name).ports if p.container_port == API_PORT
     )

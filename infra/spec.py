@@ -165,6 +165,21 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Deploy:
+    """How a swarm runs a service (only the stack-file and Pulumi swarm renderings read it):
+    ``replicas`` tasks, ``constraints`` on the nodes they may run on, and the rolling update:
+    ``order`` ``start-first`` (a new task healthy before an old one stops) or ``stop-first``
+    (one data directory: never two servers on it), rolled back automatically when a new task
+    fails within ``monitor_s``."""
+
+    replicas: int = 1
+    constraints: tuple[str, ...] = ()
+    order: Literal["start-first", "stop-first"] = "stop-first"
+    monitor_s: int = 10
+    stop_grace_s: int = 20
+
+
+@dataclass(frozen=True)
 class Service:
     """One container. ``name`` is the container name and its key in every rendering."""
 
@@ -184,6 +199,7 @@ class Service:
     limits: Limits = field(default_factory=Limits)
     hardening: Hardening = field(default_factory=Hardening)
     labels: Mapping[str, str] = field(default_factory=dict)
+    deploy: Deploy = field(default_factory=Deploy)
 
     def resolved_files(self, secrets: Mapping[str, str]) -> dict[str, str]:
         """Secret file contents by target path, secrets substituted (renderers and tests)."""
@@ -198,6 +214,7 @@ class Network:
     driver: str = "bridge"
     external: bool = False
     labels: Mapping[str, str] = field(default_factory=dict)
+    attachable: bool = False  # overlay only: plain containers may join it too
 
 
 @dataclass(frozen=True)

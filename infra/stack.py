@@ -17,6 +17,7 @@ from infra.spec import (
     SECRETS_DIR,
     Build,
     DependencyCondition,
+    Deploy,
     Hardening,
     Healthcheck,
     Limits,
@@ -66,6 +67,10 @@ API_POOL_BUDGET = (20, 30)
 """Pool size and overflow of the whole API (app_patch.settings' defaults), split evenly over
 its replicas."""
 API_TMPFS = {"/tmp": "rw,noexec,nosuid,nodev,size=256m,mode=1777"}
+STORAGE_NODE_LABEL = "media-analysis.storage"
+STORAGE_CONSTRAINT = f"node.labels.{STORAGE_NODE_LABEL}==true"
+"""Swarm: the node that holds the local volumes (pg-data, redis-data, media-storage). The
+servers and the API run there only; ``invoke up`` labels a one-node swarm's node itself."""
 
 
 # The proxy's own liveness: its monitor-uri on a loopback-only port (bash's /dev/tcp: the image
@@ -93,7 +98,14 @@ def build_stack(config: StackConfig, owner: str | None = None) -> Stack:
     in :data:`OWNER_LABEL`."""
     config.validate()
     managed = config.mode == "managed"
-    network = Network(config.network_name, external=not managed, labels=LABELS if managed else {})
+    swarm = config.target == "swarm"
+    network = Network(
+        config.network_name,
+        driver="overlay" if swarm else "bridge",
+        external=not managed,
+        labels=LABELS if managed else {},
+        attachable=swarm,
+    )
     volumes = [Volume(STORAGE_VOLUME, labels=LABELS)]
     services = [*api_replicas(config), proxy_service(config)]
     if config.monitoring:
@@ -167,6 +179,7 @@ def postgres_service(config: StackConfig) -> Service:
         limits=Limits(memory_mb=config.postgres_memory_mb, pids=config.postgres_pids_limit),
         hardening=Hardening(cap_add=POSTGRES_CAPS),
         labels=LABELS,
+        deploy=_server_deploy(config),
     )
 
 
@@ -199,6 +212,7 @@ def redis_service(config: StackConfig) -> Service:
         limits=Limits(memory_mb=config.redis_memory_mb, pids=config.redis_pids_limit),
         hardening=Hardening(cap_add=REDIS_CAPS),
         labels=LABELS,
+        deploy=_server_deploy(config),
     )
 
 
@@ -212,15 +226,39 @@ def redis_admin_cli(config: StackConfig, command: str) -> str:
 
 
 def api_replica_names(config: StackConfig) -> tuple[str, ...]:
-    """The API containers: ``api_name``, then ``api_name-2`` ... (``apiReplicas`` of them)."""
+    """The API containers: ``api_name``, then ``api_name-2`` ... (``apiReplicas`` of them).
+    On a swarm the replicas are tasks of one service: ``(api_name,)``."""
+    if config.target == "swarm":
+        return (config.api_name,)
     return (config.api_name, *(f"{config.api_name}-{i}" for i in range(2, config.api_replicas + 1)))
 
 
 def api_replicas(config: StackConfig) -> list[Service]:
     """The API's replicas: the same container under each name of :func:`api_replica_names`,
-    all answering the DNS name ``api_name`` on the network (what the proxy resolves)."""
+    all answering the DNS name ``api_name`` on the network (what the proxy resolves). On a
+    swarm, one service with ``apiReplicas`` tasks, rolled start-first."""
     first = api_service(config)
+    if config.target == "swarm":
+        deploy = Deploy(
+            replicas=config.api_replicas,
+            constraints=(STORAGE_CONSTRAINT,),  # media-storage is a local volume
+            order="start-first",
+            monitor_s=5,
+        )
+        return [replace(first, deploy=deploy)]
     return [replace(first, name=name) for name in api_replica_names(config)]
+
+
+def proxy_backend(config: StackConfig) -> str:
+    """The DNS name the proxy resolves to one address per API replica: the replicas' shared
+    alias on one engine; on a swarm ``tasks.<api>`` (the service name alone is its VIP)."""
+    return f"tasks.{config.api_name}" if config.target == "swarm" else config.api_name
+
+
+def _server_deploy(config: StackConfig) -> Deploy:
+    """PostgreSQL and Redis on a swarm: one task, on the storage node (their volumes are
+    local), stopped before its replacement starts (never two servers on one data dir)."""
+    return Deploy(replicas=1, constraints=(STORAGE_CONSTRAINT,), order="stop-first")
 
 
 def proxy_service(config: StackConfig) -> Service:
@@ -233,7 +271,7 @@ def proxy_service(config: StackConfig) -> Service:
         image=config.proxy_image,
         build=Build("infra/images/proxy", "Dockerfile", {"BASE_IMAGE": config.base_image}),
         env={
-            "PROXY_BACKEND": config.api_name,
+            "PROXY_BACKEND": proxy_backend(config),
             "PROXY_MAXCONN": str(config.proxy_max_connections),
             "PROXY_REQUEST_TIMEOUT": f"{config.proxy_request_timeout_s}s",
             "PROXY_CLIENT_TIMEOUT": f"{config.proxy_client_timeout_s}s",
@@ -253,6 +291,9 @@ def proxy_service(config: StackConfig) -> Service:
         limits=Limits(memory_mb=config.proxy_memory_mb, pids=config.proxy_pids_limit),
         hardening=Hardening(read_only=True, tmpfs=PROXY_TMPFS),
         labels=LABELS,
+        # On a swarm it publishes in host mode on the storage node (no ingress: see
+        # infra/compose.py): two tasks cannot hold the port at once, so it is stop-first.
+        deploy=Deploy(constraints=(STORAGE_CONSTRAINT,), order="stop-first", monitor_s=5),
     )
 
 
