@@ -107,6 +107,8 @@ def file_store_target(environ: Mapping[str, str] | None = None) -> FileStoreTarg
     found = record.load()
     if found is None:
         raise OperatorError(NOTHING_STARTED)
+    if found.engine is EngineKind.SWARM:
+        return _swarm_api_task(found)
     if found.engine not in CONTAINER_ENGINES:
         return LocalTarget(f"the {found.engine} stack recorded in {record.state_file()}")
     try:
@@ -128,6 +130,26 @@ def file_store_target(environ: Mapping[str, str] | None = None) -> FileStoreTarg
             "volume is only mounted there: start it with `invoke up`"
         )
     return ContainerTarget(name)
+
+
+def _swarm_api_task(found: record.StackRecord) -> ContainerTarget:
+    """A running API task's container on this node (the storage node: the API's tasks are
+    placed where ``media-storage`` is), after proving the services are this checkout's."""
+    from infra.engines import swarm
+
+    try:
+        engine = swarm.SwarmEngine()
+        config = engine._config(found)
+        spec = build_stack(config, found.owner)
+        swarm.require_owned(spec, found.owner, "run there")
+        return ContainerTarget(swarm.task_container(spec, config.api_name))
+    except ConfigError as exc:
+        raise OperatorError(str(exc)) from None
+    except swarm.SwarmError as exc:
+        raise StackNotRunningError(str(exc)) from None
+    except (DockerException, OSError) as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise StackNotRunningError(f"no Docker engine answers ({detail})") from None
 
 
 ADMIN_URL_VAR = "MA_INFRA_ADMIN_URL"

@@ -13,6 +13,7 @@ below the container's limit. ``run_checks`` never raises for a failed check: eac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -33,7 +34,7 @@ from rich.table import Table
 from infra import docker_host, proxy
 from infra.config import StackConfig, config_from_env
 from infra.redis_acl import ALLOWED_TO_APP, DENIED_TO_APP, OUTSIDE_KEY
-from infra.spec import NO_NEW_PRIVILEGES, SECRETS_DIR, Service
+from infra.spec import NO_NEW_PRIVILEGES, SECRETS_DIR, Service, Stack
 from infra.stack import (
     API_PORT,
     POSTGRES_PORT,
@@ -468,9 +469,12 @@ def _secret_values(containers: tuple[str, ...]) -> set[str]:
     return {value for value in values if len(value) >= 8}
 
 
-def _hardened(service: Service) -> str:
-    """What the spec asks, as the engine applied it and as the kernel enforces it on PID 1."""
-    attrs = _inspect(service.name)
+def _hardened(service: Service, container: str | None = None, swarm: bool = False) -> str:
+    """What the spec asks, as the engine applied it and as the kernel enforces it on PID 1.
+    ``swarm``: a task ``container`` of a swarm service, which cannot have no-new-privileges
+    (Docker 20.10 services have no such setting) and gets its tmpfs as a mount."""
+    container = container or service.name
+    attrs = _inspect(container)
     host_config = attrs.get("HostConfig") or {}
     hardening = service.hardening
     problems = []
@@ -480,7 +484,10 @@ def _hardened(service: Service) -> str:
         problems.append(f"CapDrop is {sorted(dropped)}, not ALL")
     if added != set(hardening.cap_add):
         problems.append(f"CapAdd is {sorted(added)}, expected {sorted(hardening.cap_add)}")
-    if not any(o.startswith("no-new-privileges") for o in host_config.get("SecurityOpt") or []):
+    no_new_privileges = any(
+        o.startswith("no-new-privileges") for o in host_config.get("SecurityOpt") or []
+    )
+    if not no_new_privileges and not swarm:
         problems.append("no-new-privileges is not set")
     pids = int(host_config.get("PidsLimit") or 0)
     if pids <= 0 or (service.limits.pids is not None and pids != service.limits.pids):
@@ -488,12 +495,15 @@ def _hardened(service: Service) -> str:
     if hardening.read_only:
         if not host_config.get("ReadonlyRootfs"):
             problems.append("the root filesystem is writable")
-        missing = set(hardening.tmpfs) - set(host_config.get("Tmpfs") or {})
+        tmpfs = set(host_config.get("Tmpfs") or {}) | {
+            m.get("Target") for m in host_config.get("Mounts") or [] if m.get("Type") == "tmpfs"
+        }
+        missing = set(hardening.tmpfs) - tmpfs
         if missing:
             problems.append(f"no tmpfs at {sorted(missing)}")
-    status = _inside(service.name).file("/proc/1/status").content_string
+    status = _inside(container).file("/proc/1/status").content_string
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    if fields.get("NoNewPrivs", "").strip() != "1":
+    if fields.get("NoNewPrivs", "").strip() != "1" and not swarm:
         problems.append("PID 1 runs without NoNewPrivs")
     bounding = int(fields.get("CapBnd", "0").strip() or "0", 16)
     allowed = sum(1 << CAPABILITY_BITS[cap] for cap in hardening.cap_add)
@@ -506,15 +516,249 @@ def _hardened(service: Service) -> str:
         # As root, who owns /: only a read-only mount stops it (without caps, root of the
         # container may still write where it owns).
         probe = f"/.verify-{secrets.token_hex(4)}"
-        written = _local().run("docker exec -u 0 %s touch %s", service.name, probe)
+        written = _local().run("docker exec -u 0 %s touch %s", container, probe)
         if written.rc == 0:
-            _local().run("docker exec -u 0 %s rm -f %s", service.name, probe)
+            _local().run("docker exec -u 0 %s rm -f %s", container, probe)
             problems.append("writing to / succeeded")
     if problems:
         raise CheckFailed("; ".join(problems))
     kept = ", ".join(sorted(hardening.cap_add)) or "none"
     rootfs = f", read-only root + tmpfs {', '.join(hardening.tmpfs)}" if hardening.read_only else ""
-    return f"caps: ALL dropped, kept {kept}; {NO_NEW_PRIVILEGES}; pids {pids}{rootfs}"
+    privileges = (
+        "no-new-privileges: not available to swarm services" if swarm else NO_NEW_PRIVILEGES
+    )
+    return f"caps: ALL dropped, kept {kept}; {privileges}; pids {pids}{rootfs}"
+
+
+def run_swarm_checks(config: StackConfig, spec: Stack) -> list[CheckResult]:
+    """The checks of a swarm stack (``invoke verify`` on the swarm engine), on the services
+    (``docker service inspect``) and on their tasks' containers on this node (the storage
+    node, where the servers and the API run): every service's replicas running and healthy,
+    the overlay, the secrets mounted as the spec says and in no service spec, nothing
+    published but the API's port, the hardening swarm supports, the proxy routing to every
+    API task, and the same trust-boundary checks as on one engine."""
+    from infra.engines import swarm
+
+    checks: list[tuple[str, Callable[[], str]]] = []
+    tasks: dict[str, str] = {}
+
+    def task(name: str) -> str:
+        if name not in tasks:
+            tasks[name] = swarm.task_container(spec, name)
+        return tasks[name]
+
+    names = [service.name for service in spec.services]
+    for service in spec.services:
+        full = swarm.full_name(spec, service.name)
+        checks += [
+            (
+                f"{full}: {service.deploy.replicas} replica(s) running and healthy",
+                partial(_swarm_replicas, spec, service),
+            ),
+            (
+                f"{full}: no password in the service spec",
+                partial(_swarm_spec_clean, spec, service, task),
+            ),
+            (f"{full}: secrets mounted as files", partial(_swarm_secrets, spec, service, task)),
+            (
+                f"{full} hardened (as far as swarm allows)",
+                partial(_swarm_hardened, service, task),
+            ),
+        ]
+    checks += [
+        (
+            f"{config.network_name} is an attachable overlay with every service on it",
+            lambda: _swarm_network(config, spec),
+        ),
+        (
+            f"nothing published but the API port {config.api_host_port}",
+            lambda: _swarm_published(config, spec),
+        ),
+        (
+            f"{config.proxy_name} routes to every API task (tasks.{config.api_name}, all UP)",
+            lambda: _swarm_proxy(config, spec, task),
+        ),
+        (f"{config.api_name} process is not root", lambda: _not_root(task(config.api_name))),
+        (
+            f"{config.api_name} trusts X-Forwarded-* only from FORWARDED_ALLOW_IPS",
+            lambda: _forwarded_allow_ips(task(config.api_name)),
+        ),
+        (
+            f"{config.api_name}'s database role is unprivileged (role_problems)",
+            lambda: _swarm_database_role(config, spec, task),
+        ),
+        (
+            f"{STORAGE_VOLUME} mounted at {STORAGE_ROOT} and writable by the API user",
+            lambda: _storage_writable(task(config.api_name)),
+        ),
+    ]
+    if config.redis_host in names:
+
+        def redis() -> StackConfig:
+            return dataclasses.replace(config, redis_host=task(config.redis_host))
+
+        checks += [
+            (
+                f"{config.redis_host} refuses unauthenticated commands",
+                lambda: _redis_requires_auth(redis()),
+            ),
+            (
+                f"{config.redis_host}: {config.redis_app_user} denied admin commands (ACL DRYRUN)",
+                lambda: _redis_app_acl(redis()),
+            ),
+            (
+                f"{config.redis_host}: maxmemory below the container limit, evicting",
+                lambda: _redis_maxmemory(redis()),
+            ),
+        ]
+    return [run_check(name, check) for name, check in checks]
+
+
+def _swarm_hardened(service: Service, task: Callable[[str], str]) -> str:
+    return _hardened(service, task(service.name), swarm=True)
+
+
+def _service_attrs(spec: Stack, name: str) -> dict[str, Any]:
+    from infra.engines import swarm
+
+    result = _local().run("docker service inspect %s", swarm.full_name(spec, name))
+    if result.rc != 0:
+        raise CheckFailed(f"no swarm service {swarm.full_name(spec, name)}")
+    attrs: dict[str, Any] = json.loads(result.stdout)[0]
+    return attrs
+
+
+def _swarm_replicas(spec: Stack, service: Service) -> str:
+    from infra.engines import swarm
+
+    full = swarm.full_name(spec, service.name)
+    listing = _local().run(
+        "docker service ps --filter desired-state=running --format '{{.CurrentState}}' %s", full
+    )
+    states = [line.split()[0] for line in listing.stdout.splitlines() if line.strip()]
+    running = states.count("Running")
+    if running != service.deploy.replicas:
+        raise CheckFailed(f"{running} of {service.deploy.replicas} running ({', '.join(states)})")
+    containers = swarm.task_containers(spec, service.name)
+    health = [str((c["State"].get("Health") or {}).get("Status", "none")) for c in containers]
+    unhealthy = [h for h in health if h != "healthy"]
+    if unhealthy or len(containers) != service.deploy.replicas:
+        raise CheckFailed(f"task containers on this node: {', '.join(health) or 'none'}")
+    return f"{running} running, healthy: {len(health)}"
+
+
+def _swarm_spec_clean(spec: Stack, service: Service, task: Callable[[str], str]) -> str:
+    """Nothing secret in ``docker service inspect`` (the values the tasks read from their
+    files, and anything that looks like a password), nor in the task's ``docker inspect``."""
+    text = json.dumps(_service_attrs(spec, service.name))
+    values = _secret_values(tuple(task(s.name) for s in spec.services))
+    if any(value in text for value in values):
+        raise CheckFailed("a secret value appears in the service spec")
+    env = _service_attrs(spec, service.name)["Spec"]["TaskTemplate"]["ContainerSpec"].get("Env")
+    for item in env or []:
+        key, _, value = str(item).partition("=")
+        if (_SECRET_NAME.search(key) and not key.endswith("_FILE") and value) or (
+            _URL_WITH_PASSWORD.search(value)
+        ):
+            raise CheckFailed(f"env {key} carries a secret")
+    inside = _no_secret_exposed(task(service.name), tuple(task(s.name) for s in spec.services))
+    return f"service spec checked against {len(values)} secret values; task: {inside}"
+
+
+def _swarm_secrets(spec: Stack, service: Service, task: Callable[[str], str]) -> str:
+    if not service.secret_files:
+        return "none needed"
+    mounted = _service_attrs(spec, service.name)["Spec"]["TaskTemplate"]["ContainerSpec"]
+    refs = {r["File"]["Name"]: r for r in mounted.get("Secrets") or []}
+    problems = []
+    host = _inside(task(service.name))
+    for wanted in service.secret_files:
+        ref = refs.get(wanted.name)
+        if ref is None:
+            problems.append(f"{wanted.name} not mounted")
+            continue
+        found = (ref["File"]["UID"], ref["File"]["GID"], ref["File"]["Mode"])
+        if found != (str(wanted.uid), str(wanted.gid), wanted.mode):
+            problems.append(f"{wanted.name} is {found}")
+        stat = host.run(f"stat -c '%u %g %a' {wanted.target}")
+        if stat.stdout.split() != [str(wanted.uid), str(wanted.gid), f"{wanted.mode:o}"]:
+            problems.append(f"{wanted.target} is {stat.stdout.strip() or stat.stderr.strip()}")
+    if problems:
+        raise CheckFailed("; ".join(problems))
+    names = ", ".join(sorted(r["SecretName"] for r in refs.values()))
+    return f"{len(refs)} swarm secret(s) as files under {SECRETS_DIR}: {names}"
+
+
+def _swarm_network(config: StackConfig, spec: Stack) -> str:
+    result = _local().run("docker network inspect %s", config.network_name)
+    if result.rc != 0:
+        raise CheckFailed(f"no network {config.network_name}")
+    network = json.loads(result.stdout)[0]
+    if network.get("Driver") != "overlay" or network.get("Scope") != "swarm":
+        raise CheckFailed(f"driver {network.get('Driver')}, scope {network.get('Scope')}")
+    if not network.get("Attachable") and config.mode == "managed":
+        raise CheckFailed("not attachable: plain containers cannot join it")
+    missing = []
+    for service in spec.services:
+        attached = _service_attrs(spec, service.name)["Spec"]["TaskTemplate"].get("Networks") or []
+        if network["Id"] not in {n.get("Target") for n in attached}:
+            missing.append(service.name)
+    if missing:
+        raise CheckFailed(f"not on it: {', '.join(missing)}")
+    return f"overlay, attachable={network.get('Attachable')}, {len(spec.services)} services"
+
+
+def _swarm_published(config: StackConfig, spec: Stack) -> str:
+    published = {}
+    for service in spec.services:
+        ports = (_service_attrs(spec, service.name).get("Endpoint") or {}).get("Ports") or []
+        published[service.name] = sorted(int(p.get("PublishedPort") or 0) for p in ports)
+    wanted = {config.proxy_name: [config.api_host_port]}
+    extra = {n: p for n, p in published.items() if p and p != wanted.get(n)}
+    if extra or published.get(config.proxy_name) != [config.api_host_port]:
+        raise CheckFailed(f"published: {json.dumps(published)}")
+    return f"only {config.proxy_name} publishes {config.api_host_port} (host mode, its node)"
+
+
+def _swarm_task_addresses(config: StackConfig, spec: Stack) -> set[str]:
+    """The API tasks' addresses on the overlay (what ``tasks.<api>`` resolves to)."""
+    from infra.engines import swarm
+
+    listing = _local().run(
+        "docker service ps -q --filter desired-state=running %s",
+        swarm.full_name(spec, config.api_name),
+    )
+    addresses = set()
+    for task_id in listing.stdout.split():
+        found = json.loads(_local().run("docker inspect --type task %s", task_id).stdout or "[]")
+        for attachment in (found[0] if found else {}).get("NetworksAttachments") or []:
+            if attachment["Network"]["Spec"]["Name"] == config.network_name:
+                addresses |= {a.split("/")[0] for a in attachment.get("Addresses") or []}
+    return addresses
+
+
+def _swarm_proxy(config: StackConfig, spec: Stack, task: Callable[[str], str]) -> str:
+    addresses = _swarm_task_addresses(config, spec)
+    up = {s.address for s in proxy.servers(task(config.proxy_name)) if s.up and not s.draining}
+    if len(addresses) != config.api_replicas or addresses - up:
+        raise CheckFailed(f"API tasks {sorted(addresses)}, UP in the proxy {sorted(up)}")
+    return f"{len(addresses)} task(s) UP: {', '.join(sorted(addresses))}"
+
+
+def _swarm_database_role(config: StackConfig, spec: Stack, task: Callable[[str], str]) -> str:
+    from app_patch.db_roles import role_problems
+    from infra.engines import swarm
+
+    url = _inside(task(config.api_name)).run(f"cat {SECRETS_DIR}/db_url").stdout.strip()
+    if not url:
+        raise CheckFailed(f"{SECRETS_DIR}/db_url is missing or empty")
+    parts = urlsplit(url)
+    address = swarm.server_address(spec, config.postgres_host)
+    netloc = parts.netloc.rsplit("@", 1)[0] + f"@{address}:{parts.port or POSTGRES_PORT}"
+    problems = role_problems(urlunsplit(parts._replace(netloc=netloc)))
+    if problems:
+        raise CheckFailed("; ".join(problems))
+    return f"role {parts.username}: not a superuser, cannot CREATE or DROP tables, owns nothing"
 
 
 def _cap(name: str) -> str:

@@ -59,6 +59,12 @@ SITES: dict[type, Callable[[FileStoreTarget], Site]] = {
 
 def current() -> StackSite:
     """The recorded (or explicitly named) stack; starts nothing."""
+    recorded = record.load()
+    if recorded is not None and str(recorded.engine) == "swarm":
+        raise BackupError(
+            "backup and restore are not available on the swarm engine yet (the container "
+            "site finds the servers by container name); back up the volumes on the storage node"
+        )
     place = stack_ops.file_store_target()
     site = SITES[type(place)](place)
     owner_url = stack_ops.owner_database_url()

@@ -2,11 +2,13 @@
 
 * ``pulumi`` (:mod:`infra.engines.pulumi`): the Pulumi CLI with a selected stack;
 * ``compose`` (:mod:`infra.engines.compose`): the compose CLI on the local Docker engine;
-* ``embedded`` (:mod:`infra.engines.embedded`): pgserver, a local redis-server, a local API.
+* ``embedded`` (:mod:`infra.engines.embedded`): pgserver, a local redis-server, a local API;
+* ``swarm`` (:mod:`infra.engines.swarm`): a stack file on a Docker swarm (only when asked for).
 
-:func:`choose` picks one (``--engine``, else ``MA_INFRA_ENGINE``, else the first available,
-in that order: probes only, nothing is started); :func:`recorded` returns the engine and
-record of the stack this checkout started. Every task goes through these two.
+:func:`choose` picks one (``--engine``, else ``MA_INFRA_ENGINE``, else the first available of
+:data:`AUTOMATIC`, in that order: probes only, nothing is started; swarm is never guessed);
+:func:`recorded` returns the engine and record of the stack this checkout started. Every task
+goes through these two.
 """
 
 from __future__ import annotations
@@ -26,13 +28,17 @@ from infra.engines.compose import ComposeEngine
 from infra.engines.embedded import EmbeddedEngine
 from infra.engines.pulumi import PulumiEngine
 from infra.engines.record import StackRecord
+from infra.engines.swarm import SwarmEngine
 
 ENGINES: dict[EngineKind, type[StackEngine]] = {
     EngineKind.PULUMI: PulumiEngine,
     EngineKind.COMPOSE: ComposeEngine,
     EngineKind.EMBEDDED: EmbeddedEngine,
+    EngineKind.SWARM: SwarmEngine,
 }
-"""Every engine, in the order :func:`choose` tries them."""
+"""Every engine, by name."""
+AUTOMATIC = (EngineKind.PULUMI, EngineKind.COMPOSE, EngineKind.EMBEDDED)
+"""The engines :func:`choose` tries, in order, when none is forced."""
 
 NOTHING_STARTED = "nothing was started by this checkout: run invoke up first"
 
@@ -50,8 +56,8 @@ def choose(prefer: str | None = None) -> StackEngine:
     forced = prefer or os.environ.get("MA_INFRA_ENGINE") or None
     if forced:
         return get(forced)
-    for engine_type in ENGINES.values():
-        engine = engine_type()
+    for kind in AUTOMATIC:
+        engine = ENGINES[kind]()
         if engine.available():
             return engine
     return EmbeddedEngine()
@@ -69,6 +75,7 @@ def recorded() -> tuple[StackEngine, StackRecord]:
 
 
 __all__ = [
+    "AUTOMATIC",
     "ENGINES",
     "NOTHING_STARTED",
     "DownPlan",

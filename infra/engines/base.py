@@ -27,6 +27,7 @@ class EngineKind(StrEnum):
     PULUMI = "pulumi"
     COMPOSE = "compose"
     EMBEDDED = "embedded"
+    SWARM = "swarm"
 
 
 class EngineError(OperatorError):
@@ -84,7 +85,7 @@ class DeployRequest:
 
 class StackEngine(Protocol):
     """One way to run the stack: :mod:`infra.engines.compose`, :mod:`infra.engines.pulumi`,
-    :mod:`infra.engines.embedded`."""
+    :mod:`infra.engines.embedded`, :mod:`infra.engines.swarm`."""
 
     kind: ClassVar[EngineKind]
 

@@ -30,11 +30,13 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_registry_has_one_engine_per_kind_and_refuses_unknown_names() -> None:
-    assert [kind.value for kind in engines.ENGINES] == ["pulumi", "compose", "embedded"]
+    assert [kind.value for kind in engines.ENGINES] == ["pulumi", "compose", "embedded", "swarm"]
+    # swarm only when asked for: never guessed by choose()
+    assert [kind.value for kind in engines.AUTOMATIC] == ["pulumi", "compose", "embedded"]
     for kind, engine_type in engines.ENGINES.items():
         assert engines.get(kind.value).kind is kind
         assert engine_type.kind is kind
-    with pytest.raises(ConfigError, match="must be pulumi, compose, embedded"):
+    with pytest.raises(ConfigError, match="must be pulumi, compose, embedded, swarm"):
         engines.get("swarm-of-bees")
 
 
