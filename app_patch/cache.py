@@ -27,8 +27,9 @@ Not covered: a key evicted by Redis itself (maxmemory, FLUSHALL) between a write
 a concurrent reader's fill may take that reader's older state for up to its TTL.
 
 Failure handling: every Redis call has a hard deadline (``RedisSettings.op_timeout_s``),
-redis-py retries are off, and a purgatory circuit breaker short-circuits calls while Redis is
-down. Nothing here ever raises a Redis error to the caller; loaders' own errors propagate.
+redis-py retries are off, and a circuit breaker (``app_patch.breaker``, one probe at a time
+when half-open) short-circuits calls while Redis is down. Nothing here ever raises a Redis
+error to the caller; loaders' own errors propagate.
 """
 
 from __future__ import annotations
@@ -44,15 +45,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Literal, TypeVar, cast
 
 import orjson
-from purgatory import AsyncCircuitBreakerFactory, ContextChanged, Event
-from purgatory.domain.model import OpenedState
-from purgatory.service._async.circuitbreaker import AsyncCircuitBreaker
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from app_patch.breaker import Breaker, BreakerState
 from app_patch.models import JobStatus
 from app_patch.schemas import HistoryFilter, HistoryPage, JobOut
 from app_patch.settings import CacheSettings, RedisSettings, Settings
@@ -266,15 +265,30 @@ class KindStats:
     invalidations: int = 0
 
 
+# The snapshot's own spelling of the breaker's states, kept for its readers.
+_SNAPSHOT_BREAKER_STATE: Final = {
+    BreakerState.closed: "closed",
+    BreakerState.half_open: "half-opened",
+    BreakerState.open: "opened",
+}
+
+
 @dataclass
 class CacheStats:
     """Plain in-process counters; the metrics exporter reads ``snapshot()``."""
 
     enabled: bool
+    breaker: Breaker
     kinds: dict[Kind, KindStats] = field(default_factory=lambda: {k: KindStats() for k in Kind})
-    breaker_state: str = "closed"
-    breaker_opened_total: int = 0
     errors_other: int = 0
+
+    @property
+    def breaker_state(self) -> str:
+        return _SNAPSHOT_BREAKER_STATE[self.breaker.state]
+
+    @property
+    def breaker_opened_total(self) -> int:
+        return self.breaker.opened_total
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -340,8 +354,13 @@ class RedisCache:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._dirty: dict[str, float] = {}
         self._history_dirty_until = 0.0
-        self._probing = False
-        self._breaker: AsyncCircuitBreaker | None = None
+        self.breaker = Breaker(
+            BREAKER_NAME,
+            threshold=settings.cache.breaker_failure_threshold,
+            recovery_s=settings.cache.breaker_recovery_s,
+            single_probe=True,
+            on_change=self._on_breaker_change,
+        )
         self._client: Redis | None = None
         if url is None or not settings.cache.enabled:
             why = "no Redis URL configured" if url is None else "MA_CACHE_ENABLED=false"
@@ -352,12 +371,7 @@ class RedisCache:
             self._fill_script = self._client.register_script(_FILL)
             self._invalidate_script = self._client.register_script(_INVALIDATE)
             self._bump_version = self._client.register_script(_BUMP_VERSION)
-            self._breakers = AsyncCircuitBreakerFactory(
-                default_threshold=settings.cache.breaker_failure_threshold,
-                default_ttl=settings.cache.breaker_recovery_s,
-            )
-            self._breakers.add_listener(self._on_breaker_event)
-        self.stats = CacheStats(enabled=self._client is not None)
+        self.stats = CacheStats(enabled=self._client is not None, breaker=self.breaker)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisCache:
@@ -645,38 +659,23 @@ class RedisCache:
     async def _call(
         self, kind: Kind | None, op: Callable[[Redis], Awaitable[T]]
     ) -> T | Literal[_Failed.FAILED]:
-        """Run one Redis call with a hard deadline; FAILED instead of any error.
-
-        On top of purgatory: while open we skip without raising (purgatory re-raises one
-        exception object whose traceback grows on every raise), and when half-open only one
-        probe runs at a time (purgatory would let every concurrent caller through).
-        """
+        """Run one Redis call with a hard deadline; FAILED instead of any error. While the
+        breaker is open (or its one probe is running) the call is skipped without raising."""
         client = self._client
         if client is None:
             return FAILED
-        if self._breaker is None:
-            self._breaker = await self._breakers.get_breaker(BREAKER_NAME)
-        gate = self._gate()
-        if gate == "open" or (gate == "probe" and self._probing):
+        attempt = self.breaker.attempt()
+        if attempt is None:
             self._count(kind, "bypassed")
             return FAILED
-        probing = gate == "probe"
-        if probing:
-            self._probing = True
         try:
-            async with self._breaker:
+            with attempt:
                 async with asyncio.timeout(self._op_timeout):
                     return await op(client)
-        except OpenedState as exc:
-            exc.__traceback__ = None
-            self._count(kind, "bypassed")
         except Exception as exc:
             self._count(kind, "errors")
             level = logging.DEBUG if isinstance(exc, RedisError | OSError) else logging.WARNING
             log.log(level, "cache call failed: %r", exc, exc_info=level > logging.DEBUG)
-        finally:
-            if probing:
-                self._probing = False
         return FAILED
 
     def _count(self, kind: Kind | None, counter: Literal["bypassed", "errors"]) -> None:
@@ -687,25 +686,13 @@ class RedisCache:
         stats = self.stats.kinds[kind]
         setattr(stats, counter, getattr(stats, counter) + 1)
 
-    def _gate(self) -> Literal["closed", "probe", "open"]:
-        ctx = self._breaker.context if self._breaker is not None else None
-        if ctx is None or ctx.state == "closed":
-            return "closed"
-        if ctx.state == "opened" and time.time() < (ctx.opened_at or 0) + ctx.ttl:
-            return "open"
-        return "probe"
-
-    def _on_breaker_event(self, name: str, event_name: str, event: Event) -> None:
-        if not isinstance(event, ContextChanged):
-            return
-        self.stats.breaker_state = event.state
-        if event.state == "opened":
-            self.stats.breaker_opened_total += 1
+    def _on_breaker_change(self, before: BreakerState, after: BreakerState) -> None:
+        if after is BreakerState.open:
             log.warning(
                 "Redis circuit breaker opened: cache bypassed for %.1fs, reads use PostgreSQL",
                 self._settings.breaker_recovery_s,
             )
-        elif event.state == "closed":
+        elif after is BreakerState.closed:
             log.info("Redis circuit breaker closed: cache back in use")
 
     # ---- health --------------------------------------------------------------------------
@@ -720,13 +707,12 @@ class RedisCache:
         breaker open or cache disabled (see ``enabled``). Redis never gates readiness."""
         if self._client is None:
             return "down"
-        gate = self._gate()
+        gate = self.breaker.gate()
         if gate == "open":
             return "down"
         if gate == "probe":
             return "degraded"
-        ctx = self._breaker.context if self._breaker is not None else None
-        return "degraded" if ctx is not None and ctx.failure_count else "ok"
+        return "degraded" if self.breaker.failure_count else "ok"
 
     async def close(self) -> None:
         """Finish pending write-throughs (each bounded by the deadline), then disconnect."""

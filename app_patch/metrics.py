@@ -26,16 +26,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from app_patch.breaker import BreakerState
 from app_patch.storage import write_durably
 
 log = logging.getLogger(__name__)
 
-BREAKER_STATE_VALUE = {
-    "closed": 0.0,
-    "half-open": 1.0,
-    "half-opened": 1.0,  # purgatory spelling
-    "open": 2.0,
-    "opened": 2.0,
+BREAKER_STATE_VALUE: dict[str, float] = {
+    BreakerState.closed: 0.0,
+    BreakerState.half_open: 1.0,
+    BreakerState.open: 2.0,
 }
 READY_STATE_VALUE = {"ok": 0.0, "degraded": 1.0, "down": 2.0}
 SWEEP_STATUS_NAME = ".retention-last-sweep.json"  # beside the store marker, outside the areas

@@ -97,7 +97,7 @@ class Runtime:
             pool=self.pool_figures,
             breakers=lambda: {
                 "postgres": self.db_breaker.state,
-                "redis": self.cache.stats.breaker_state,
+                "redis": self.cache.breaker.state,
             },
             cache_counters=self.cache_counters,
             outbox_backlog=self.outbox.backlog,
