@@ -25,7 +25,7 @@ import redis
 from pydantic import BaseModel
 from redis.exceptions import NoPermissionError, RedisError
 
-import app_patch.cache as cache_module
+import app_patch.cache.client as cache_module
 from app_patch.cache import Kind, Placement, RedisCache, TtlPolicy
 from app_patch.schemas import HistoryPage
 from app_patch.settings import CacheSettings, RedisSettings, Settings
