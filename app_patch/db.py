@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import psycopg
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -124,3 +127,15 @@ async def engine_scope(settings: DatabaseSettings, url: str | URL) -> AsyncItera
         yield engine
     finally:
         await engine.dispose()
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """Connection-level failures count against the breaker; bad queries and conflicts do not."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        return bool(exc.connection_invalidated) or isinstance(
+            exc, sa_exc.OperationalError | sa_exc.InterfaceError
+        )
+    if isinstance(exc, sa_exc.TimeoutError | sa_exc.PendingRollbackError):
+        return True  # pool exhausted by hung connections; a transaction broken by a dead one
+    # a bare OSError may come from the file store (EIO, EROFS): never PostgreSQL's breaker
+    return isinstance(exc, psycopg.OperationalError | ConnectionError | asyncio.TimeoutError)

@@ -17,10 +17,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app_patch import health, routes
 from app_patch.access import AccessGuard
+from app_patch.breaker import DependencyUnavailableError
 from app_patch.ingest import MULTIPART_OVERHEAD_BYTES, UploadGate
 from app_patch.logs import configure_logging
 from app_patch.metrics import Metrics
-from app_patch.resilience import DependencyUnavailableError
 from app_patch.runtime import close_runtime, open_runtime
 from app_patch.schemas import InvalidCursorError
 from app_patch.settings import Settings, get_settings

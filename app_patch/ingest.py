@@ -41,8 +41,9 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app_patch.media import CONTROL_CHARACTERS
-from app_patch.storage import Storage, UploadTooLargeError, in_thread
+from app_patch.storage import Storage, UploadTooLargeError
 from app_patch.submission import Submission
+from app_patch.threads import in_thread
 
 UPLOAD_PATH = "/analyses"
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # boundaries, part headers and the text fields

@@ -41,9 +41,9 @@ from app_patch.storage import (
     StorageUnavailableError,
     StoredFileMissingError,
     artifact_key,
-    in_thread,
     upload_key,
 )
+from app_patch.threads import in_thread
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _CONTENT_TYPE = re.compile(r"[\w.+-]{1,127}/[\w.+-]{1,127}(\s*;[\x20-\x7e]*)?")

@@ -57,6 +57,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from app_patch.breaker import Breaker, DependencyUnavailableError
+from app_patch.db import is_database_outage
 from app_patch.errors import OperatorError
 from app_patch.media import MediaStore
 from app_patch.repository import (
@@ -66,16 +68,15 @@ from app_patch.repository import (
     ReplayOutcome,
     replay_finished,
 )
-from app_patch.resilience import Breaker, DependencyUnavailableError, is_database_outage
 from app_patch.schemas import JobOut, ResultIn
 from app_patch.storage import (
     StorageUnavailableError,
     create_durably,
     fsync_dir,
-    in_thread,
     write_durably,
 )
 from app_patch.store_identity import StoreMismatchError
+from app_patch.threads import in_thread
 
 log = logging.getLogger(__name__)
 FAILED, KEYS, MERGED = "failed", "keys", "merged"

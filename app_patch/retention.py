@@ -81,9 +81,9 @@ from app_patch.storage import (
     StorageError,
     StorageKeyError,
     StorageUnavailableError,
-    in_thread,
     sha256_of_upload_key,
 )
+from app_patch.threads import in_thread
 
 log = logging.getLogger(__name__)
 

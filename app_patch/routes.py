@@ -15,10 +15,10 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from app_patch import ingest
+from app_patch.breaker import DependencyUnavailableError
 from app_patch.media import MediaNotFoundError, OpenedFile
 from app_patch.models import JobStatus
 from app_patch.repository import IdempotencyConflictError
-from app_patch.resilience import DependencyUnavailableError
 from app_patch.runtime import Runtime
 from app_patch.schemas import HistoryFilter, HistoryPage, JobOut, MediaOut
 from app_patch.submission import EmptyUploadError, Outcome

@@ -12,13 +12,13 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app_patch.bootstrap import database_url, redis_url
+from app_patch.breaker import Breaker, DependencyUnavailableError
 from app_patch.cache import RedisCache
-from app_patch.db import create_engine, create_session_factory, observe_pool
+from app_patch.db import create_engine, create_session_factory, is_database_outage, observe_pool
 from app_patch.media import MediaStore
 from app_patch.metrics import LiveSources, Metrics, PoolFigures, RetentionTotals
 from app_patch.models import RetentionEvent
 from app_patch.outbox import Outbox, OutboxReplayer
-from app_patch.resilience import Breaker, DependencyUnavailableError, is_database_outage
 from app_patch.service import HistoryService
 from app_patch.settings import Settings
 from app_patch.storage import Storage

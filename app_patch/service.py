@@ -39,7 +39,7 @@ T = TypeVar("T")
 
 
 class DatabaseGuard(Protocol):
-    """Runs one database operation, e.g. behind a circuit breaker (resilience.Breaker.call)."""
+    """Runs one database operation, e.g. behind a circuit breaker (breaker.Breaker.call)."""
 
     async def __call__(self, operation: Callable[[], Awaitable[T]]) -> T: ...
 

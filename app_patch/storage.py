@@ -5,7 +5,7 @@ Layout under the root (one filesystem, so a rename is atomic)::
     uploads/<sha[0:2]>/<sha[2:4]>/<sha256>                 content-addressed uploads (dedup)
     artifacts/<yyyy>/<mm>/<dd>/<job_id>/<kind>.<ext>       files derived by a job
     tmp/ma-<random>.part                                   writes in progress
-    outbox/                                                owned by resilience.Outbox
+    outbox/                                                owned by outbox.Outbox
 
 Keys are generated here (``upload_key``, ``artifact_key``), never taken from user input, and
 every key is checked again when it is turned into a path: a key that is absolute, holds ``..``,
@@ -39,13 +39,13 @@ from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path, PurePosixPath
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 from app_patch.settings import StorageSettings
+from app_patch.threads import in_thread
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 UPLOADS, ARTIFACTS, TMP, OUTBOX = "uploads", "artifacts", "tmp", "outbox"
 AREAS = (UPLOADS, ARTIFACTS, TMP, OUTBOX)
@@ -201,20 +201,6 @@ class StagedFile:
             if self.fd >= 0:
                 os.close(self.fd)
                 self.fd = -1
-
-
-async def in_thread(func: Callable[..., T], *args: object) -> T:
-    """``asyncio.to_thread`` that lets the thread finish even if the caller is cancelled.
-
-    A cancelled await must not leave a thread using an fd that the caller then closes.
-    """
-    task = asyncio.ensure_future(asyncio.to_thread(func, *args))
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        with suppress(BaseException):
-            await asyncio.wait_for(asyncio.shield(task), timeout=30)
-        raise
 
 
 # ---------------------------------------------------------------- the store

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import orjson
 from sqlalchemy.exc import SQLAlchemyError
 
+from app_patch.breaker import DependencyUnavailableError
 from app_patch.media import DEFAULT_CONTENT_TYPE, MediaStore, clean_original_name
 from app_patch.outbox import Outbox, OutboxEntry
 from app_patch.repository import (
@@ -35,16 +36,15 @@ from app_patch.repository import (
     NewJob,
     same_request,
 )
-from app_patch.resilience import DependencyUnavailableError
 from app_patch.schemas import JobOut, ResultIn
 from app_patch.service import DatabaseGuard, HistoryService
 from app_patch.storage import (
     StagedFile,
     Storage,
     StorageUnavailableError,
-    in_thread,
     upload_key,
 )
+from app_patch.threads import in_thread
 
 log = logging.getLogger(__name__)
 

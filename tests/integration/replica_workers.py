@@ -22,10 +22,10 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from app_patch.db import create_engine, create_session_factory
+from app_patch.breaker import Breaker
+from app_patch.db import create_engine, create_session_factory, is_database_outage
 from app_patch.media import MediaStore
 from app_patch.outbox import Outbox, OutboxReplayer
-from app_patch.resilience import Breaker, is_database_outage
 from app_patch.settings import DatabaseSettings, RetentionSettings, StorageSettings
 from app_patch.storage import Storage, write_durably
 

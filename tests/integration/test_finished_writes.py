@@ -12,9 +12,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app_patch import repository as repo
-from app_patch.db import create_engine, create_session_factory
+from app_patch.db import create_engine, create_session_factory, is_database_outage
 from app_patch.models import AnalysisResult, JobStatus, MediaFile
-from app_patch.resilience import is_database_outage
 from app_patch.schemas import ResultIn
 from app_patch.settings import DatabaseSettings
 

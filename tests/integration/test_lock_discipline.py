@@ -18,9 +18,10 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app_patch import repository as repo
+from app_patch.breaker import Breaker
+from app_patch.db import is_database_outage
 from app_patch.media import MediaStore
 from app_patch.outbox import Outbox, OutboxEntry, OutboxReplayer
-from app_patch.resilience import Breaker, is_database_outage
 from app_patch.retention import Policy, Sweeper
 from app_patch.storage import Storage, upload_key
 from tests.integration.test_storage_support import (

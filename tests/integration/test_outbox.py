@@ -11,10 +11,11 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app_patch import repository as repo
+from app_patch.breaker import Breaker
+from app_patch.db import is_database_outage
 from app_patch.media import MediaStore
 from app_patch.models import AnalysisJob, AnalysisResult, JobStatus, MediaFile
 from app_patch.outbox import Outbox, OutboxEntry, OutboxReplayer
-from app_patch.resilience import Breaker, is_database_outage
 from app_patch.schemas import ResultIn
 from app_patch.settings import RetentionSettings, StorageSettings
 from app_patch.storage import Storage

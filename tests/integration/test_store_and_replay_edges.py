@@ -14,11 +14,11 @@ from sqlalchemy import select
 
 from app_patch import migrate as migrations
 from app_patch import repository as repo
-from app_patch.db import create_engine, create_session_factory
+from app_patch.breaker import Breaker
+from app_patch.db import create_engine, create_session_factory, is_database_outage
 from app_patch.media import MediaStore
 from app_patch.models import AnalysisJob
 from app_patch.outbox import Outbox, OutboxEntry, OutboxReplayer
-from app_patch.resilience import Breaker, is_database_outage
 from app_patch.retention import Policy, Sweeper
 from app_patch.settings import DatabaseSettings, RetentionSettings
 from app_patch.storage import Storage, upload_key
