@@ -8,10 +8,11 @@ import re
 import uuid
 from typing import Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
+from app_patch.deps import RuntimeDep
 from app_patch.runtime import Runtime
 from app_patch.storage import StorageError
 
@@ -50,11 +51,6 @@ class Ready(BaseModel):
     outbox_backlog: int
     outbox_failed: int = Field(description="entries set aside (invoke outbox lists them)")
     storage_usage: dict[str, AreaFigures]
-
-
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.ma_runtime
-    return runtime
 
 
 async def postgres_state(rt: Runtime) -> DependencyState:
@@ -121,8 +117,7 @@ async def readiness(rt: Runtime) -> tuple[DependencyState, dict[str, DependencyS
     responses={503: {"model": Ready, "description": "cannot serve analyses"}},
     summary="Each dependency's state; 200 while analyses can still be served",
 )
-async def ready(request: Request, response: Response) -> Ready:
-    rt = _runtime(request)
+async def ready(rt: RuntimeDep, response: Response) -> Ready:
     overall, checks, failed = await readiness(rt)
     response.status_code = 503 if overall == "down" else 200
     usage = await rt.storage.usage_async(max_age_s=5)
@@ -141,8 +136,7 @@ async def ready(request: Request, response: Response) -> Ready:
     responses={200: {"content": {"text/plain": {}}}},
     summary="Prometheus metrics",
 )
-async def metrics(request: Request) -> Response:
-    rt = _runtime(request)
+async def metrics(rt: RuntimeDep) -> Response:
     await rt.refresh_retention_totals()
     overall, checks, _ = await readiness(rt)
     rt.metrics.observe_readiness(overall, checks)

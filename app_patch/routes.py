@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from app_patch import ingest
 from app_patch.breaker import DependencyUnavailableError
+from app_patch.deps import RuntimeDep
 from app_patch.media import MediaNotFoundError, OpenedFile
 from app_patch.models import JobStatus
 from app_patch.repository import IdempotencyConflictError
@@ -35,11 +36,6 @@ class ErrorBody(BaseModel):
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody} for code in (400, 404, 413, 422, 503, 507)
 }
-
-
-def runtime_of(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.ma_runtime
-    return runtime
 
 
 def unavailable(what: str) -> HTTPException:
@@ -69,13 +65,13 @@ OUTCOME_STATUS = {Outcome.created: 201, Outcome.existing: 200, Outcome.deferred:
 async def create_analysis(
     request: Request,
     response: Response,
+    rt: RuntimeDep,
     idempotency_key: Annotated[
         str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
     ] = None,
 ) -> JobOut:
     """The multipart body is parsed here as it streams (``app_patch.ingest``), never spooled:
     the form is declared in ``openapi_extra`` for the schema, and FastAPI reads no body."""
-    rt = runtime_of(request)
     try:
         form = ingest.StreamedForm(request.headers.get("content-type", ""), rt.analysis_types)
         await ingest.ensure_free_space(
@@ -109,8 +105,7 @@ async def create_analysis(
     responses=ERRORS,
     summary="One analysis job with its result",
 )
-async def get_analysis(request: Request, job_id: uuid.UUID) -> JobOut:
-    rt = runtime_of(request)
+async def get_analysis(rt: RuntimeDep, job_id: uuid.UUID) -> JobOut:
     try:
         job = await rt.history.get_job(job_id)
     except DependencyUnavailableError:
@@ -138,7 +133,7 @@ async def get_analysis(request: Request, job_id: uuid.UUID) -> JobOut:
     summary="Analysis history, newest first (keyset pagination)",
 )
 async def list_analyses(
-    request: Request,
+    rt: RuntimeDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     status: JobStatus | None = None,
@@ -146,7 +141,6 @@ async def list_analyses(
     created_from: datetime | None = None,
     created_to: datetime | None = None,
 ) -> HistoryPage:
-    rt = runtime_of(request)
     limit = min(limit, rt.settings.api.history_page_max)
     filters = HistoryFilter(
         status=status,
@@ -188,8 +182,8 @@ async def _media_or_404(rt: Runtime, sha256: str) -> MediaOut:
     responses=ERRORS,
     summary="Metadata of a stored media file",
 )
-async def get_media(request: Request, sha256: Sha256) -> MediaOut:
-    return await _media_or_404(runtime_of(request), sha256)
+async def get_media(rt: RuntimeDep, sha256: Sha256) -> MediaOut:
+    return await _media_or_404(rt, sha256)
 
 
 @router.get(
@@ -198,8 +192,7 @@ async def get_media(request: Request, sha256: Sha256) -> MediaOut:
     responses={200: {"content": {"application/octet-stream": {}}}, **ERRORS},
     summary="The stored bytes of a media file",
 )
-async def get_media_content(request: Request, sha256: Sha256) -> StreamingResponse:
-    rt = runtime_of(request)
+async def get_media_content(rt: RuntimeDep, sha256: Sha256) -> StreamingResponse:
     try:
         opened = await rt.db(lambda: rt.media.open_media(sha256))  # records the access
     except MediaNotFoundError:
