@@ -1,6 +1,6 @@
 """The five tables of the analysis history (SQLAlchemy 2 typed models).
 
-Indexes follow the queries in repository.py and retention.py; names come from the
+Indexes follow the queries in repository.py and retention/queries.py; names come from the
 naming convention so that Alembic autogenerate stays stable.
 """
 

@@ -1,4 +1,4 @@
-"""History writes and reads on PostgreSQL (no caching here; see cache.py)."""
+"""History writes and reads on PostgreSQL (no caching here; see the cache package)."""
 
 from __future__ import annotations
 
