@@ -189,8 +189,8 @@ def seed_base_image(
             run_streaming([debootstrap, "--variant=minbase", suite, str(rootfs), mirror],
                           reporter, timeout_s=900)  # fmt: skip
         except (CommandFailed, TimeoutError) as exc:
-            tail = exc.tail.splitlines()[-1:] if isinstance(exc, CommandFailed) else [str(exc)]
-            raise ImageBuildError(f"debootstrap failed: {(tail or [''])[0]}") from None
+            last = exc.last_line if isinstance(exc, CommandFailed) else str(exc)
+            raise ImageBuildError(f"debootstrap failed: {last}") from None
         _slim(rootfs)
         archive = Path(tmp) / "rootfs.tar"
         subprocess.run(

@@ -103,6 +103,12 @@ class CommandFailed(RuntimeError):
         self.code = code
         self.tail = tail
 
+    @property
+    def last_line(self) -> str:
+        """The command's last non-blank output line (what an error message quotes)."""
+        lines = [line.strip() for line in self.tail.splitlines() if line.strip()]
+        return lines[-1] if lines else ""
+
 
 def run_streaming(
     command: Sequence[str],

@@ -88,8 +88,7 @@ def run(
     try:
         return run_streaming(full, reporter, timeout_s=timeout_s)
     except CommandFailed as exc:
-        last = [line for line in exc.tail.splitlines() if line.strip()][-1:] or [""]
-        raise ComposeError(f"compose {args[0]} failed ({exc.code}): {last[0].strip()}") from None
+        raise ComposeError(f"compose {args[0]} failed ({exc.code}): {exc.last_line}") from None
     except TimeoutError as exc:
         raise ComposeError(str(exc)) from None
 

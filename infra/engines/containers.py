@@ -93,30 +93,48 @@ def endpoints(
     proxy = build_stack(config).service(config.proxy_name)  # publishes the API's port
     port = next(p for p in proxy.ports if p.container_port == API_PORT)
     host = "127.0.0.1" if port.host_ip in {"0.0.0.0", ""} else port.host_ip
-    owner, app = config.postgres_owner_user, config.postgres_app_user
+    return endpoints_at(
+        config, passwords, engine, pg_ip, redis_ip, f"http://{host}:{port.host_port}"
+    )
+
+
+def endpoints_at(
+    config: StackConfig,
+    passwords: Mapping[str, str],
+    engine: EngineKind,
+    postgres_address: str,
+    redis_address: str,
+    api_url: str,
+) -> StackEndpoints:
+    """The endpoints of servers found at these addresses (the owner's and the app's database
+    URLs, the app's Redis URL); a missing password is a :class:`ConfigError`."""
     try:
         owner_password = passwords["postgres_owner_password"]
         app_password = passwords["postgres_app_password"]
         redis_password = passwords["redis_app_password"]
     except KeyError as exc:
         raise ConfigError(str(exc.args[0]), "missing: run invoke secrets") from None
+    owner, app = config.postgres_owner_user, config.postgres_app_user
     return StackEndpoints(
         engine=engine,
-        database_url=database_url(config, owner, owner_password, pg_ip),
-        app_database_url=database_url(config, app, app_password, pg_ip),
-        redis_url=redis_url(config, config.redis_app_user, redis_password, redis_ip),
-        api_url=f"http://{host}:{port.host_port}",
+        database_url=database_url(config, owner, owner_password, postgres_address),
+        app_database_url=database_url(config, app, app_password, postgres_address),
+        redis_url=redis_url(config, config.redis_app_user, redis_password, redis_address),
+        api_url=api_url,
     )
 
 
-def ensure_roles(config: StackConfig, passwords: Mapping[str, str]) -> None:
+def ensure_roles(
+    config: StackConfig, passwords: Mapping[str, str], postgres_address: str | None = None
+) -> None:
     """Managed mode: create or re-assert the owner and app roles (passwords from the current
     secrets) as the bootstrap superuser. The image's initdb script made them on the first
     start; running this on every ``up`` applies a rotated password, and gives roles to a
-    database an earlier version created without them (adopting its tables)."""
+    database an earlier version created without them (adopting its tables). The server is
+    found at ``postgres_address``, else by its container's address on the network."""
     from app_patch.db_roles import ensure_roles as ensure
 
-    pg_ip = docker_host.container_ip(config.postgres_host, config.network_name)
+    pg_ip = postgres_address or docker_host.container_ip(config.postgres_host, config.network_name)
     ensure(
         database_url(config, config.postgres_user, passwords["postgres_password"], pg_ip),
         database=config.postgres_db,

@@ -75,9 +75,8 @@ def _stream(args: Sequence[str], progress: Progress, timeout_s: float = 1800) ->
     try:
         return run_streaming(command, progress, cwd=REPO_ROOT, timeout_s=timeout_s)
     except CommandFailed as exc:
-        errors = [line for line in exc.tail.splitlines() if "error:" in line]
-        last = (errors or [line for line in exc.tail.splitlines() if line.strip()] or [""])[-1]
-        raise EngineError(f"`pulumi {args[0]}` failed: {last.strip()}") from None
+        errors = [line.strip() for line in exc.tail.splitlines() if "error:" in line]
+        raise EngineError(f"`pulumi {args[0]}` failed: {(errors or [exc.last_line])[-1]}") from None
     except TimeoutError as exc:
         raise EngineError(str(exc)) from None
 

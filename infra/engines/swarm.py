@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 from docker.errors import APIError, NotFound
 
 from infra import compose, docker_host, images, secrets_file
-from infra.config import ConfigError, StackConfig, config_from_env, secrets_for, secrets_from_env
+from infra.config import StackConfig, config_from_env, secrets_for, secrets_from_env
 from infra.engines import containers, record
 from infra.engines.base import (
     DeployRequest,
@@ -102,8 +102,9 @@ def _cli(args: list[str], progress: Progress, timeout_s: float = 600) -> str:
     try:
         return run_streaming(["docker", *args], progress, timeout_s=timeout_s)
     except CommandFailed as exc:
-        last = [line for line in exc.tail.splitlines() if line.strip()][-1:] or [""]
-        raise SwarmError(f"docker {args[0]} {args[1]} failed ({exc.code}): {last[0]}") from None
+        raise SwarmError(
+            f"docker {args[0]} {args[1]} failed ({exc.code}): {exc.last_line}"
+        ) from None
     except TimeoutError as exc:
         raise SwarmError(str(exc)) from None
 
@@ -416,22 +417,10 @@ class SwarmEngine:
     def _ensure_roles(
         self, spec: Stack, config: StackConfig, values: Mapping[str, str], progress: Progress
     ) -> None:
-        from app_patch.db_roles import ensure_roles
-
         progress.step(
             f"roles: {config.postgres_owner_user} (owner), {config.postgres_app_user} (app)"
         )
-        address = server_address(spec, config.postgres_host)
-        ensure_roles(
-            containers.database_url(
-                config, config.postgres_user, values["postgres_password"], address
-            ),
-            database=config.postgres_db,
-            owner=config.postgres_owner_user,
-            owner_password=values["postgres_owner_password"],
-            app=config.postgres_app_user,
-            app_password=values["postgres_app_password"],
-        )
+        containers.ensure_roles(config, values, server_address(spec, config.postgres_host))
 
     def _endpoints(
         self, spec: Stack, config: StackConfig, values: Mapping[str, str]
@@ -442,26 +431,11 @@ class SwarmEngine:
         else:  # the shared servers: a plain container or a task of another stack, on this node
             pg = _any_address(config.postgres_host, config.network_name)
             redis = _any_address(config.redis_host, config.network_name)
-        try:
-            owner_password = values["postgres_owner_password"]
-            app_password = values["postgres_app_password"]
-            redis_password = values["redis_app_password"]
-        except KeyError as exc:
-            raise ConfigError(str(exc.args[0]), "missing: run invoke secrets") from None
         port = next(
             p for p in spec.service(config.proxy_name).ports if p.container_port == API_PORT
         )
-        return StackEndpoints(
-            engine=self.kind,
-            database_url=containers.database_url(
-                config, config.postgres_owner_user, owner_password, pg
-            ),
-            app_database_url=containers.database_url(
-                config, config.postgres_app_user, app_password, pg
-            ),
-            redis_url=containers.redis_url(config, config.redis_app_user, redis_password, redis),
-            api_url=f"http://127.0.0.1:{port.host_port}",  # host mode: on every address
-        )
+        api_url = f"http://127.0.0.1:{port.host_port}"  # host mode: on every address
+        return containers.endpoints_at(config, values, self.kind, pg, redis, api_url)
 
     def attach(self, recorded: record.StackRecord) -> StackEndpoints:
         require_manager()
