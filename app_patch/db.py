@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -76,6 +77,34 @@ def normalize_url(raw: str) -> URL:
     raise DatabaseConfigError(
         f"unsupported database URL scheme {url.drivername!r}: expected postgresql+psycopg://"
     )
+
+
+def libpq_url(raw: str) -> str:
+    """Any accepted URL as a plain ``postgresql://`` URI, for tools that want a URI."""
+    return normalize_url(raw).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def libpq_conninfo(raw: str, *, database: str | None = None) -> str:
+    """Keyword/value libpq parameters for psycopg.connect and the server's tools.
+
+    Not a ``postgresql://`` URI: libpq rejects characters SQLAlchemy leaves unescaped
+    (a space in a password); ``make_conninfo`` quotes each value itself. Query parameters
+    (``?host=/socket/dir`` of the embedded server) are kept; the URL's parts win over them.
+    """
+    parsed = normalize_url(raw)
+    params: dict[str, str | int] = {}
+    for key, value in parsed.query.items():
+        params[key] = value if isinstance(value, str) else ",".join(value)
+    for key, part in (
+        ("user", parsed.username),
+        ("password", parsed.password),
+        ("host", parsed.host),
+        ("port", parsed.port),
+        ("dbname", database if database is not None else parsed.database),
+    ):
+        if part is not None and part != "":
+            params[key] = part if isinstance(part, int) else str(part)
+    return make_conninfo("", **params)
 
 
 def redacted(url: URL | str) -> str:

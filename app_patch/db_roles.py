@@ -27,10 +27,9 @@ from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 from psycopg.rows import TupleRow
 
-from app_patch.db import normalize_url
+from app_patch.db import libpq_conninfo, normalize_url
 from app_patch.errors import OperatorError
 
 log = logging.getLogger(__name__)
@@ -86,28 +85,6 @@ def role_url(
     if database is not None:
         parsed = parsed.set(database=database)
     return parsed.render_as_string(hide_password=False)
-
-
-def _conninfo(url: str, *, database: str | None = None) -> str:
-    """Keyword/value libpq parameters for psycopg.connect, built from the parsed URL.
-
-    Not a ``postgresql://`` URI: libpq rejects characters SQLAlchemy leaves unescaped
-    (a space in a password); ``make_conninfo`` quotes each value itself.
-    """
-    parsed = normalize_url(url)
-    params: dict[str, str | int] = {}
-    for key, value in parsed.query.items():
-        params[key] = value if isinstance(value, str) else ",".join(value)
-    for key, part in (
-        ("user", parsed.username),
-        ("password", parsed.password),
-        ("host", parsed.host),
-        ("port", parsed.port),
-        ("dbname", database if database is not None else parsed.database),
-    ):
-        if part is not None and part != "":
-            params[key] = part if isinstance(part, int) else str(part)
-    return make_conninfo("", **params)
 
 
 # --------------------------------------------------------------------------- grants
@@ -197,7 +174,7 @@ def ensure_roles(
     for password, label in ((owner_password, "owner"), (app_password, "app")):
         if password is not None and not password:
             raise RoleSetupError(f"the {label} password is empty (pass None to keep it)")
-    conninfo = _conninfo(admin_url, database=database)
+    conninfo = libpq_conninfo(admin_url, database=database)
     for attempt in range(1, ENSURE_ATTEMPTS + 1):
         try:
             with psycopg.connect(conninfo, connect_timeout=CONNECT_TIMEOUT_S) as conn:
@@ -356,7 +333,7 @@ def role_problems(app_url: str) -> list[str]:
     URL is fit for the API; the owner's or a superuser's URL yields several problems.
     """
     problems: list[str] = []
-    with psycopg.connect(_conninfo(app_url), connect_timeout=CONNECT_TIMEOUT_S) as conn:
+    with psycopg.connect(libpq_conninfo(app_url), connect_timeout=CONNECT_TIMEOUT_S) as conn:
         conn.execute(PROBE_TIMEOUTS)
         row = conn.execute(
             "SELECT current_user, current_database(), rolsuper, rolcreaterole, rolcreatedb,"

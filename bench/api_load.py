@@ -37,8 +37,9 @@ import httpx
 from app_patch.settings import PROJECT_ROOT
 from bench.api_server import BARE_BODY_ENV, STATS_PATH
 from bench.common import BenchError, tail
-from bench.env import BenchEnv, free_port
+from bench.env import BenchEnv
 from bench.report import BenchResult, Check, Ratio, Series
+from infra.loopback import free_port
 
 NAME = "api_load"
 TITLE = "API under 200 concurrent clients (pool 20+30)"

@@ -15,7 +15,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from app_patch import migrate as migrations
-from app_patch.db import normalize_url
+from app_patch.db import libpq_url, normalize_url
 from app_patch.embedded import EmbeddedPostgres, EmbeddedRedis
 from app_patch.settings import (
     PROJECT_ROOT,
@@ -42,19 +41,9 @@ from app_patch.settings import (
     Settings,
     StorageSettings,
 )
+from infra.loopback import free_port
 
 DB_PREFIX = "ma_bench_"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def libpq(url: str) -> str:
-    """A SQLAlchemy URL (any accepted scheme) as a plain libpq URI for psycopg/pgbench."""
-    return normalize_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 @dataclass(frozen=True)
@@ -135,7 +124,7 @@ class BenchEnv:
     def create_database(self, tag: str, *, migrate: bool = True) -> str:
         """A new empty database on the server (at head unless ``migrate=False``)."""
         name = f"{DB_PREFIX}{tag}_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(libpq(self.admin_url), autocommit=True) as conn:
+        with psycopg.connect(libpq_url(self.admin_url), autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         self.created_dbs.append(name)
         url = normalize_url(self.admin_url).set(database=name).render_as_string(hide_password=False)
@@ -145,7 +134,7 @@ class BenchEnv:
 
     def drop_database(self, url: str) -> None:
         name = str(make_url(url).database)
-        with psycopg.connect(libpq(self.admin_url), autocommit=True) as conn:
+        with psycopg.connect(libpq_url(self.admin_url), autocommit=True) as conn:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
@@ -293,7 +282,7 @@ def machine_facts(env: BenchEnv | None) -> dict[str, Any]:
         facts["scratch_filesystem"] = filesystem_of(env.root)
         with (
             contextlib.suppress(psycopg.Error),
-            psycopg.connect(libpq(env.admin_url), autocommit=True) as conn,
+            psycopg.connect(libpq_url(env.admin_url), autocommit=True) as conn,
         ):
             row = conn.execute("SHOW server_version").fetchone()
             facts["postgresql"] = str(row[0]) if row else "?"

@@ -45,12 +45,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app_patch import repository as repo
 from app_patch.cache import RedisCache
-from app_patch.db import create_engine, create_session_factory
+from app_patch.db import create_engine, create_session_factory, libpq_url
 from app_patch.repository import NewJob
 from app_patch.schemas import ResultIn
 from app_patch.service import HistoryService
 from bench.common import BenchError, Timed, pg_binary, run_timed, run_workers, tail
-from bench.env import BenchEnv, PgTarget, libpq
+from bench.env import BenchEnv, PgTarget
 from bench.parsers import pgbench_failed, pgbench_tps
 from bench.report import BenchResult, Ratio, Series
 
@@ -200,7 +200,7 @@ def raw_executemany(db_url: str, sizes: Sizes) -> Timed:
     """Final rows, ``executemany`` per table, one commit per batch, one connection.
 
     The rows are built inside the timed loop (as ours builds its own)."""
-    with psycopg.connect(libpq(db_url)) as conn:
+    with psycopg.connect(libpq_url(db_url)) as conn:
         with conn.cursor() as cur:  # warm-up: connection, plans
             jobs, results = raw_rows(0, 10)
             cur.executemany(INSERT_JOB, jobs)
@@ -219,7 +219,9 @@ def raw_executemany(db_url: str, sizes: Sizes) -> Timed:
 
 async def raw_one_txn(db_url: str, sizes: Sizes) -> Timed:
     """Job + result INSERTs in one transaction per job, on ``concurrency`` connections."""
-    conns = [await psycopg.AsyncConnection.connect(libpq(db_url)) for _ in range(sizes.concurrency)]
+    conns = [
+        await psycopg.AsyncConnection.connect(libpq_url(db_url)) for _ in range(sizes.concurrency)
+    ]
     free: asyncio.Queue[psycopg.AsyncConnection[Any]] = asyncio.Queue()
     for conn in conns:
         free.put_nowait(conn)
@@ -251,7 +253,9 @@ async def raw_one_txn(db_url: str, sizes: Sizes) -> Timed:
 
 async def raw_protocol(db_url: str, sizes: Sizes) -> Timed:
     """The state machine's three transactions per job, minimal SQL, ``concurrency`` connections."""
-    conns = [await psycopg.AsyncConnection.connect(libpq(db_url)) for _ in range(sizes.concurrency)]
+    conns = [
+        await psycopg.AsyncConnection.connect(libpq_url(db_url)) for _ in range(sizes.concurrency)
+    ]
     free: asyncio.Queue[psycopg.AsyncConnection[Any]] = asyncio.Queue()
     for conn in conns:
         free.put_nowait(conn)
@@ -344,12 +348,12 @@ def truncate(db_url: str) -> None:
     """Empty the tables. No VACUUM ANALYZE afterwards: statistics saying "0 rows" would make
     the foreign-key check of analysis_results a cached sequential scan, and every variant
     would slow down quadratically as its table grows (an artefact, not a limit)."""
-    with psycopg.connect(libpq(db_url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(db_url), autocommit=True) as conn:
         conn.execute("TRUNCATE analysis_results, artifacts, analysis_jobs")
 
 
 def count_rows(db_url: str) -> tuple[int, int]:
-    with psycopg.connect(libpq(db_url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(db_url), autocommit=True) as conn:
         jobs = conn.execute("SELECT count(*) FROM analysis_jobs").fetchone()
         results = conn.execute("SELECT count(*) FROM analysis_results").fetchone()
     return (int(jobs[0]) if jobs else 0, int(results[0]) if results else 0)

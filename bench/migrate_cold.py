@@ -22,9 +22,10 @@ import psycopg
 from alembic import command
 
 from app_patch import migrate as migrations
+from app_patch.db import libpq_url
 from app_patch.settings import PROJECT_ROOT
 from bench.common import BenchError, run_timed, tail
-from bench.env import BenchEnv, libpq
+from bench.env import BenchEnv
 from bench.report import BenchResult, Ratio, Series
 
 NAME = "migrate"
@@ -73,7 +74,7 @@ def invoke(args: list[str], db_url: str) -> float:
 
 
 def raw_ddl(db_url: str, ddl: str) -> float:
-    with psycopg.connect(libpq(db_url)) as conn:
+    with psycopg.connect(libpq_url(db_url)) as conn:
         started = time.perf_counter()
         conn.execute(ddl.encode())  # the whole script, one transaction (psycopg: not autocommit)
         conn.commit()

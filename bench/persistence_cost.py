@@ -49,9 +49,10 @@ from PIL import Image
 from app_patch.settings import PROJECT_ROOT
 from bench.api_load import process_cpu_s
 from bench.common import BenchError, tail
-from bench.env import BenchEnv, free_port
+from bench.env import BenchEnv
 from bench.parsers import percentile
 from bench.report import BenchResult, Check, Ratio, Series
+from infra.loopback import free_port
 
 NAME = "persistence_cost"
 TITLE = "Cost of persistence: API with the kit vs without (HTTP)"

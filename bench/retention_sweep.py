@@ -30,12 +30,12 @@ from pathlib import Path
 import psycopg
 
 from app_patch import store_identity
-from app_patch.db import create_engine
+from app_patch.db import create_engine, libpq_url
 from app_patch.retention import Policy, Sweeper
 from app_patch.settings import RetentionSettings, StorageSettings
 from app_patch.storage import Storage, upload_key
 from bench.common import BenchError, Timed
-from bench.env import BenchEnv, filesystem_of, libpq
+from bench.env import BenchEnv, filesystem_of
 from bench.report import BenchResult, Ratio, Series
 
 NAME = "retention_sweep"
@@ -83,7 +83,7 @@ def make_tree(root: Path, shas: list[str]) -> list[Path]:
 def insert_expired_rows(db_url: str, shas: list[str]) -> None:
     expired = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
     created = expired - dt.timedelta(days=30)
-    with psycopg.connect(libpq(db_url)) as conn:
+    with psycopg.connect(libpq_url(db_url)) as conn:
         with conn.cursor() as cur:
             cur.execute("TRUNCATE media_files, retention_events, store_identity CASCADE")
             with cur.copy(
@@ -110,7 +110,7 @@ def insert_expired_rows(db_url: str, shas: list[str]) -> None:
 
 
 def sweep_audit(db_url: str) -> tuple[int, int]:
-    with psycopg.connect(libpq(db_url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(db_url), autocommit=True) as conn:
         live = conn.execute("SELECT count(*) FROM media_files WHERE deleted_at IS NULL").fetchone()
         events = conn.execute("SELECT count(*) FROM retention_events").fetchone()
     return (int(live[0]) if live else -1, int(events[0]) if events else -1)

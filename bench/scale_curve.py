@@ -49,14 +49,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app_patch import repository as repo
 from app_patch import store_identity
-from app_patch.db import create_engine, create_session_factory
+from app_patch.db import create_engine, create_session_factory, libpq_url
 from app_patch.models import JobStatus
 from app_patch.retention import Policy, Sweeper
 from app_patch.schemas import HistoryFilter, encode_cursor
 from app_patch.settings import RetentionSettings
 from app_patch.storage import Storage, upload_key
 from bench.common import BenchError
-from bench.env import BenchEnv, libpq
+from bench.env import BenchEnv
 from bench.report import BenchResult, Ratio, Series
 from bench.retention_sweep import disk_dir, leftover_files, make_tree, sweep
 
@@ -418,7 +418,7 @@ class History:
 
     @property
     def url(self) -> str:
-        return libpq(self.db_url)
+        return libpq_url(self.db_url)
 
 
 def deep_cursor(libpq_url: str, jobs: int) -> tuple[str, int]:
@@ -538,7 +538,7 @@ def seed_size(env: BenchEnv, jobs: int) -> History:
     db_url = env.create_database(f"scale{size_label(jobs).lower()}")
     root = Path(tempfile.mkdtemp(prefix="ma-bench-scale-", dir=disk_dir(env)))
     started = time.perf_counter()
-    history = History(jobs, db_url, root, seed(libpq(db_url), jobs))
+    history = History(jobs, db_url, root, seed(libpq_url(db_url), jobs))
     history.seeded.seconds = time.perf_counter() - started
     history.cursor, history.deep_page = deep_cursor(history.url, jobs)
     history.relation_bytes = relation_bytes(history.url)

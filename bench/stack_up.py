@@ -28,8 +28,9 @@ import httpx
 
 from app_patch.settings import PROJECT_ROOT
 from bench.common import BenchError, run_timed, tail
-from bench.env import BenchEnv, free_port
+from bench.env import BenchEnv
 from bench.report import BenchResult, Series
+from infra.loopback import free_port
 
 NAME = "up"
 TITLE = "invoke up to ready (compose engine, Docker)"

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from app_patch.settings import PROJECT_ROOT
 from infra import secrets_file
 from infra.secrets_file import host_path
 from infra.spec import Healthcheck, Service, Stack
@@ -28,8 +29,7 @@ STACK_FILE_VERSION = "3.9"
 
 PROJECT_LABEL = "com.docker.compose.project"
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PATH = REPO_ROOT / "infra" / "rendered" / "compose.yml"
+DEFAULT_PATH = PROJECT_ROOT / "infra" / "rendered" / "compose.yml"
 
 HEADER = """\
 # Rendered by infra/compose.py from infra/stack.py -- do not edit, re-render instead
@@ -95,7 +95,7 @@ def swarm_secret_name(service: str, file_name: str, content: str) -> str:
 
 def render(
     spec: Stack,
-    base_dir: Path = REPO_ROOT,
+    base_dir: Path = PROJECT_ROOT,
     secrets_root: Path | None = None,
     swarm_secrets: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
@@ -162,7 +162,7 @@ def _relative(path: Path, base_dir: Path) -> str:
 def _service(service: Service, base_dir: Path) -> dict[str, Any]:
     rendered: dict[str, Any] = {"container_name": service.name, "image": service.image}
     if service.build is not None:
-        context = Path(os.path.relpath(REPO_ROOT / service.build.context, base_dir)).as_posix()
+        context = Path(os.path.relpath(PROJECT_ROOT / service.build.context, base_dir)).as_posix()
         rendered["build"] = {
             "context": context,
             "dockerfile": service.build.dockerfile,

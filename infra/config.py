@@ -16,15 +16,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Literal, get_args
 
+from app_patch.settings import DEFAULT_DATA_DIR
 from infra.spec import Secret
 
 Mode = Literal["managed", "external"]
 Target = Literal["containers", "swarm"]
 ENV_PREFIX = "MA_INFRA_"
-DATA_DIR = Path(__file__).resolve().parent.parent / ".data"
+DATA_DIR = DEFAULT_DATA_DIR
 """Local state of the tasks (stack record, passwords, compose's secret files)."""
 
 STACK_SECRETS: tuple[Secret, ...] = (

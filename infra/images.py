@@ -21,13 +21,13 @@ from pathlib import Path
 
 from docker.errors import APIError, DockerException, ImageNotFound
 
+from app_patch.settings import PROJECT_ROOT
 from infra.config import StackConfig
 from infra.docker_host import client
 from infra.progress import CommandFailed, Progress, Quiet, run_streaming
 from infra.spec import Stack
 from infra.stack import build_stack
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "debian:bookworm-slim"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -93,7 +93,7 @@ def build_all(
         built.append(
             build_image(
                 service.image,
-                REPO_ROOT / service.build.context,
+                PROJECT_ROOT / service.build.context,
                 service.build.dockerfile,
                 args,
                 progress,
@@ -113,7 +113,7 @@ def build_image(
     each build step goes to ``progress`` as it starts."""
     reporter = progress or Quiet()
     started = time.monotonic()
-    where = context.relative_to(REPO_ROOT) if context.is_relative_to(REPO_ROOT) else context
+    where = context.relative_to(PROJECT_ROOT) if context.is_relative_to(PROJECT_ROOT) else context
     reporter.step(f"building {tag} from {where}")
     lines: list[str] = []
     image_id = ""

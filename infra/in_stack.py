@@ -21,16 +21,15 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import closing, suppress
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from docker.errors import DockerException
 
 from app_patch.errors import OperatorError
+from app_patch.settings import PROJECT_ROOT
 from infra import docker_host
 from infra.stack import API_USER
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 CONTAINER_PYTHON = "python"  # the image's venv is first on PATH
 EXEC_IDLE_TIMEOUT_S = 3600  # longest silence accepted from a command running in the container
 _STDERR_TAIL = 40
@@ -98,7 +97,7 @@ def _run_here(
     with tempfile.TemporaryFile("w+", encoding="utf-8") as errors:
         process = subprocess.Popen(
             command,
-            cwd=REPO_ROOT,
+            cwd=PROJECT_ROOT,
             env={**os.environ, **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

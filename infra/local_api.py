@@ -26,9 +26,8 @@ from pathlib import Path
 import httpx
 
 from app_patch.errors import OperatorError
+from app_patch.settings import PROJECT_ROOT
 from infra.engines.record import state_dir
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 # Beside the stack's record (``.data/`` unless MA_INFRA_STATE_FILE moves it): a test stack or
@@ -204,7 +203,7 @@ def start(env: Mapping[str, str], host: str, port: int, timeout_s: float = 30) -
         offset = log.tell()
         process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port)],
-            cwd=REPO_ROOT,
+            cwd=PROJECT_ROOT,
             env={**os.environ, **env, INSTANCE_ENV: instance},
             stdout=log,
             stderr=subprocess.STDOUT,

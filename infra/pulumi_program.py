@@ -57,12 +57,12 @@ import pulumi
 import pulumi.dynamic
 import pulumi_docker as docker
 
+from app_patch.settings import PROJECT_ROOT
 from infra.compose import secret_key, swarm_secret_name, tmpfs_size
 from infra.config import ConfigError, config_from_source, pulumi_key
 from infra.spec import SECRETS_DIR, Healthcheck, SecretFile, Service, Stack
 from infra.stack import API_PORT, build_stack
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 WAIT_TIMEOUT_S = 180
 SECRETS_REVISION_LABEL = "io.media-analysis-kit.secrets-revision"
 NETWORK_IGNORE_CHANGES = ["driver", "labels"]
@@ -101,7 +101,7 @@ class Rendered:
 def render(
     spec: Stack,
     secrets: Mapping[str, pulumi.Output[str]],
-    root: Path = REPO_ROOT,
+    root: Path = PROJECT_ROOT,
     retained: frozenset[str] = frozenset(),
 ) -> Rendered:
     """Register the resources for ``spec``; ``secrets`` maps secret names to outputs; the
@@ -161,7 +161,7 @@ def _networks_and_volumes(spec: Stack, rendered: Rendered) -> None:
 
 
 def render_swarm(
-    spec: Stack, secrets: Mapping[str, pulumi.Output[str]], root: Path = REPO_ROOT
+    spec: Stack, secrets: Mapping[str, pulumi.Output[str]], root: Path = PROJECT_ROOT
 ) -> Rendered:
     """Register the swarm resources for ``spec`` (target ``swarm``): see the module docstring."""
     rendered = Rendered()

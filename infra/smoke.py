@@ -18,12 +18,11 @@ from pathlib import Path
 import httpx
 import psycopg
 import redis
-from psycopg.conninfo import make_conninfo
 from sqlalchemy import PrimaryKeyConstraint, UniqueConstraint
 
 from app_patch import migrate as migrations
 from app_patch.cache import PREFIX as CACHE_PREFIX
-from app_patch.db import normalize_url
+from app_patch.db import libpq_conninfo, normalize_url
 from app_patch.db_roles import role_problems
 from app_patch.models import Base
 from infra.verify_containers import CheckFailed, CheckResult, run_check
@@ -38,22 +37,6 @@ class SmokeTarget:
     api_url: str | None
     storage_root: Path | None  # local root (embedded engine); containers check it via the API
     app_database_url: str | None = None  # the API's role, when checked from here
-
-
-def _libpq(url: str) -> str:
-    """A key=value conninfo (libpq's URI parser refuses a space SQLAlchemy leaves unquoted)."""
-    parsed = normalize_url(url)
-    parts = {
-        "user": parsed.username,
-        "password": parsed.password,
-        "host": parsed.host,
-        "port": parsed.port,
-        "dbname": parsed.database,
-    }
-    options = {key: str(value) for key, value in parts.items() if value is not None}
-    for key, value in parsed.query.items():  # e.g. ?host=/run/socket-dir (embedded server)
-        options.setdefault(key, value if isinstance(value, str) else value[-1])
-    return make_conninfo(**options)
 
 
 def expected_schema() -> tuple[set[str], set[str]]:
@@ -80,7 +63,7 @@ def check_at_head(url: str) -> str:
 
 def check_schema(url: str) -> str:
     tables, indexes = expected_schema()
-    with psycopg.connect(_libpq(url), connect_timeout=5) as conn:
+    with psycopg.connect(libpq_conninfo(url), connect_timeout=5) as conn:
         found_tables = {
             row[0]
             for row in conn.execute(

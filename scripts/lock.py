@@ -20,9 +20,10 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parent.parent
-PYPROJECT = ROOT / "pyproject.toml"
-LOCK = ROOT / "infra" / "images" / "api" / "requirements.lock"
+from app_patch.settings import PROJECT_ROOT
+
+PYPROJECT = PROJECT_ROOT / "pyproject.toml"
+LOCK = PROJECT_ROOT / "infra" / "images" / "api" / "requirements.lock"
 PYTHON = "3.11"  # Debian bookworm's python3, what the image runs
 _HEADER = "# dependencies-digest: "
 _PIN = re.compile(r"^([A-Za-z0-9._-]+)(\[[^\]]*\])?==([^\s;\\]+)", re.M)
@@ -91,7 +92,7 @@ def main(argv: list[str]) -> int:
             print(f"error: {LOCK.name}: {line} (run: python -m scripts.lock)", file=sys.stderr)
         return 1 if found else 0
     write()
-    print(f"wrote {LOCK.relative_to(ROOT)}")
+    print(f"wrote {LOCK.relative_to(PROJECT_ROOT)}")
     return 0
 
 

@@ -14,7 +14,6 @@ do (TRUNCATE, DDL, DROP DATABASE) uses ``migrated_owner_url`` or the admin URL.
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -27,22 +26,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app_patch import migrate as migrations
-from app_patch.db import create_engine, create_session_factory, normalize_url
+from app_patch.db import create_engine, create_session_factory, libpq_url, normalize_url
 from app_patch.db_roles import EMBEDDED_APP, EMBEDDED_OWNER, ensure_roles, role_url
 from app_patch.embedded import EmbeddedPostgres, EmbeddedRedis
 from app_patch.models import ALL_TABLES
-from app_patch.settings import DatabaseSettings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def libpq(url: str) -> str:
-    """A SQLAlchemy URL as a plain libpq URI for psycopg.connect()."""
-    return normalize_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+from app_patch.settings import PROJECT_ROOT, DatabaseSettings
+from infra.loopback import free_port
 
 
 @dataclass(frozen=True)
@@ -97,7 +86,7 @@ class DatabaseFactory:
         """A new database: the owner's URL, or with ``with_roles=False`` (no grants, as
         before the roles existed) the admin's."""
         name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(libpq(self.admin_url), autocommit=True) as conn:
+        with psycopg.connect(libpq_url(self.admin_url), autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         self.created.append(name)
         if not with_roles:
@@ -111,7 +100,7 @@ class DatabaseFactory:
         )
 
     def drop_all(self) -> None:
-        with psycopg.connect(libpq(self.admin_url), autocommit=True) as conn:
+        with psycopg.connect(libpq_url(self.admin_url), autocommit=True) as conn:
             for name in self.created:
                 conn.execute(
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
@@ -210,7 +199,7 @@ def clean_db(migrated_url: str, migrated_owner_url: str, databases: DatabaseFact
     """
     names = sql.SQL(", ").join(sql.Identifier(t.name) for t in ALL_TABLES)
     for attempt in range(2):
-        with psycopg.connect(libpq(migrated_owner_url), autocommit=True) as conn:
+        with psycopg.connect(libpq_url(migrated_owner_url), autocommit=True) as conn:
             conn.execute(sql.SQL("SET lock_timeout = {}").format(CLEAN_LOCK_TIMEOUT))
             try:
                 conn.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(names))
@@ -224,7 +213,7 @@ def clean_db(migrated_url: str, migrated_owner_url: str, databases: DatabaseFact
 
 def end_idle_transactions(admin_url: str) -> list[int]:
     """Terminate the sessions idling inside a transaction on ``admin_url``'s database."""
-    with psycopg.connect(libpq(admin_url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
         rows = conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
             " AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'"
@@ -252,4 +241,4 @@ def database_name(url: str) -> str:
 
 @pytest.fixture
 def project_root() -> Path:
-    return Path(__file__).resolve().parent.parent
+    return PROJECT_ROOT

@@ -28,9 +28,8 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
-from app_patch.db import normalize_url
+from app_patch.db import libpq_conninfo
 from app_patch.db_roles import APP_SEQUENCE_PRIVILEGES, APP_TABLE_PRIVILEGES, SCHEMA
 from app_patch.models import ALL_TABLES
 from app_patch.retention import ObjectType
@@ -43,26 +42,10 @@ JOB_TABLES = ("analysis_jobs", "media_files", "artifacts")
 """A target with a row in any of these is not empty (restore needs --force)."""
 
 
-def conninfo(url: str) -> str:
-    """libpq keyword/value parameters from any accepted URL (quoted by psycopg)."""
-    parsed = normalize_url(url)
-    params: dict[str, Any] = {
-        k: v if isinstance(v, str) else ",".join(v) for k, v in parsed.query.items()
-    }
-    for key, part in (
-        ("user", parsed.username),
-        ("password", parsed.password),
-        ("host", parsed.host),
-        ("port", parsed.port),
-        ("dbname", parsed.database),
-    ):
-        if part not in (None, ""):
-            params[key] = part
-    return make_conninfo("", **params)
-
-
 def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
-    return psycopg.connect(conninfo(url), connect_timeout=CONNECT_TIMEOUT_S, autocommit=autocommit)
+    return psycopg.connect(
+        libpq_conninfo(url), connect_timeout=CONNECT_TIMEOUT_S, autocommit=autocommit
+    )
 
 
 @dataclass(frozen=True)

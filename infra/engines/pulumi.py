@@ -21,11 +21,11 @@ import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from contextlib import closing
-from pathlib import Path
 from typing import Any, ClassVar
 
 from docker.errors import NotFound
 
+from app_patch.settings import PROJECT_ROOT
 from infra import docker_host
 from infra.config import ConfigError, StackConfig, config_from_source, pulumi_key
 from infra.engines import containers, record
@@ -41,7 +41,6 @@ from infra.progress import CommandFailed, Progress, run_streaming
 from infra.stack import build_stack
 from infra.verify_containers import CheckResult, run_checks
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "media-analysis-kit"  # Pulumi.yaml's name
 CONTAINER_TYPE = "docker:index/container:Container"
 
@@ -58,7 +57,12 @@ def _run(args: Sequence[str], timeout_s: float = 120) -> str:
     command = [_cli(), *args, "--non-interactive"]
     try:
         result = subprocess.run(
-            command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s, check=False
+            command,
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         raise EngineError(f"`pulumi {args[0]}` did not answer within {timeout_s:.0f}s") from None
@@ -73,7 +77,7 @@ def _stream(args: Sequence[str], progress: Progress, timeout_s: float = 1800) ->
     command = [_cli(), *args, "--non-interactive"]
     progress.step(" ".join(["pulumi", *args]))
     try:
-        return run_streaming(command, progress, cwd=REPO_ROOT, timeout_s=timeout_s)
+        return run_streaming(command, progress, cwd=PROJECT_ROOT, timeout_s=timeout_s)
     except CommandFailed as exc:
         errors = [line.strip() for line in exc.tail.splitlines() if "error:" in line]
         raise EngineError(f"`pulumi {args[0]}` failed: {(errors or [exc.last_line])[-1]}") from None

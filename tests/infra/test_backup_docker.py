@@ -26,18 +26,18 @@ import pytest
 from PIL import Image
 from psycopg import sql
 
+from app_patch.db import libpq_url
 from infra import docker_host, images, secrets_file
 from infra.config import StackConfig, config_to_env
 from infra.engines import EngineKind, containers, record
+from infra.loopback import free_port
 from infra.progress import Lines
 from infra.stack import STORAGE_ROOT, build_stack
 from tests.infra.test_docker_stack import (
     Deployed,
     _clean_slate,
     _down,
-    _free_port,
     _invoke,
-    _libpq,
     _operator_env,
     _passwords,
     _png,
@@ -60,7 +60,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         patch.setattr(secrets_file, "SECRETS_ROOT", secrets_root)
         docker_host.require_engine()
         images.seed_base_image(progress=Lines())
-        config = StackConfig(api_host_port=_free_port())
+        config = StackConfig(api_host_port=free_port())
         _clean_slate(config)
         images.build_all(build_stack(config), progress=Lines())
         passwords = _passwords()
@@ -100,7 +100,7 @@ def _mixed(i: int) -> tuple[str, bytes, str]:
 
 
 def _fingerprint(url: str) -> dict[str, tuple[int, str | None]]:
-    with psycopg.connect(_libpq(url), connect_timeout=10) as conn:
+    with psycopg.connect(libpq_url(url), connect_timeout=10) as conn:
         found: dict[str, tuple[int, str | None]] = {}
         for table in COMPARED:
             query = sql.SQL(

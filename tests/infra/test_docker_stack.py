@@ -21,7 +21,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -43,7 +42,9 @@ from PIL import Image
 from psycopg import sql
 from redis.exceptions import NoPermissionError
 
+from app_patch.db import libpq_url
 from app_patch.db_roles import role_problems
+from app_patch.settings import PROJECT_ROOT
 from infra import (
     compose,
     docker_host,
@@ -57,6 +58,7 @@ from infra.engines import EngineKind, StackEndpoints, UpRequest, record
 from infra.engines import compose as compose_engine
 from infra.engines.containers import redis_url
 from infra.in_stack import ContainerTarget, LocalTarget, StackNotRunningError
+from infra.loopback import free_port
 from infra.progress import Lines
 from infra.pulumi_program import _PidsLimitProvider
 from infra.stack import build_stack
@@ -66,7 +68,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
 TERMINAL = {"succeeded", "failed"}
 PROJECT_LABEL = "com.docker.compose.project=media-analysis"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 INVOKE = Path(sys.prefix) / "bin" / "invoke"
 WRONG_ROOT = Path("/nonexistent/wrong-root")
 
@@ -83,16 +84,6 @@ class Deployed:
 def api_key(stack: Deployed) -> dict[str, str]:
     """Every route but health needs the stack's API key (the API holds only its digest)."""
     return {"X-API-Key": stack.passwords["api_key"]}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _libpq(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
 def _png(color: tuple[int, int, int] = (200, 30, 90), size: tuple[int, int] = (64, 48)) -> bytes:
@@ -119,7 +110,7 @@ def _operator_env(stack: Deployed, **extra: str) -> dict[str, str]:
 def _invoke(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(INVOKE), *args],
-        cwd=REPO_ROOT,
+        cwd=PROJECT_ROOT,
         env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -151,14 +142,14 @@ def _one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
 
 
 def _live_media(url: str) -> set[str]:
-    with psycopg.connect(_libpq(url), connect_timeout=10) as conn:
+    with psycopg.connect(libpq_url(url), connect_timeout=10) as conn:
         rows = conn.execute("SELECT sha256 FROM media_files WHERE deleted_at IS NULL").fetchall()
     return {str(sha) for (sha,) in rows}
 
 
 def _database_fingerprint(url: str) -> dict[str, tuple[int, str | None]]:
     """Per table of the schema: (rows, md5 of all rows), so any change shows."""
-    with psycopg.connect(_libpq(url), connect_timeout=10) as conn:
+    with psycopg.connect(libpq_url(url), connect_timeout=10) as conn:
         tables = [str(name) for (name,) in conn.execute(
             "SELECT table_name FROM information_schema.tables"
             " WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
@@ -225,7 +216,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         images.seed_base_image(progress=Lines())
         timings["engine_and_base_image_s"] = time.monotonic() - started
 
-        config = StackConfig(api_host_port=_free_port())
+        config = StackConfig(api_host_port=free_port())
         spec = build_stack(config)
         # A clean slate: volumes of an earlier run were initialised with other passwords.
         _clean_slate(config)
@@ -399,7 +390,7 @@ def test_api_database_role_cannot_create_or_drop(stack: Deployed) -> None:
     app_url = stack.endpoints.app_database_url
     assert app_url is not None and "media_app" in app_url
     assert role_problems(app_url) == []
-    with psycopg.connect(_libpq(app_url), connect_timeout=10) as conn:
+    with psycopg.connect(libpq_url(app_url), connect_timeout=10) as conn:
         row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
         assert row == (False,)
         for statement in ("CREATE TABLE ma_probe (id int)", "DROP TABLE analysis_jobs"):
@@ -408,7 +399,7 @@ def test_api_database_role_cannot_create_or_drop(stack: Deployed) -> None:
             conn.rollback()
         assert conn.execute("SELECT count(*) FROM analysis_jobs").fetchone() is not None
     # Every table belongs to the owner role, none to the bootstrap superuser.
-    with psycopg.connect(_libpq(stack.endpoints.database_url), connect_timeout=10) as conn:
+    with psycopg.connect(libpq_url(stack.endpoints.database_url), connect_timeout=10) as conn:
         owners = conn.execute(
             "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'"
         ).fetchall()
@@ -437,7 +428,7 @@ def test_upload_through_the_api_container_lands_in_postgres(stack: Deployed) -> 
     assert body.get("result"), body
     stack.shared["job_id"] = job_id
 
-    with psycopg.connect(_libpq(stack.endpoints.database_url), connect_timeout=10) as conn:
+    with psycopg.connect(libpq_url(stack.endpoints.database_url), connect_timeout=10) as conn:
         job = conn.execute(
             "SELECT status, analysis_type FROM analysis_jobs WHERE id = %s", (job_id,)
         ).fetchone()
@@ -588,7 +579,7 @@ def test_rotating_the_api_passwords_is_one_up(stack: Deployed) -> None:
         quote(old["postgres_app_password"], safe=""),
     )
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
-        psycopg.connect(_libpq(stale_db), connect_timeout=10).close()
+        psycopg.connect(libpq_url(stale_db), connect_timeout=10).close()
     assert endpoints.redis_url is not None
     stale_redis = endpoints.redis_url.replace(
         quote(rotated["redis_app_password"], safe=""), quote(old["redis_app_password"], safe="")
@@ -871,7 +862,7 @@ def _invoke_on_a_terminal(
     try:
         os.write(controller, answer.encode())
         return subprocess.run(
-            [str(INVOKE), *args], cwd=REPO_ROOT, env=env, stdin=terminal,
+            [str(INVOKE), *args], cwd=PROJECT_ROOT, env=env, stdin=terminal,
             capture_output=True, text=True, timeout=300, check=False,
         )  # fmt: skip
     finally:

@@ -27,17 +27,19 @@ import httpx
 import psycopg
 import pytest
 
+from app_patch.db import libpq_url
+from app_patch.settings import PROJECT_ROOT
 from infra import docker_host, images, proxy, secrets_file, stack_ops
 from infra.config import StackConfig, config_to_env, env_key
 from infra.engines import StackEndpoints, UpRequest, record
 from infra.engines import compose as compose_engine
+from infra.loopback import free_port
 from infra.progress import Lines
 from infra.stack import api_replica_names, build_stack
-from tests.infra.test_docker_stack import _free_port, _libpq, _passwords, _png
+from tests.infra.test_docker_stack import _passwords, _png
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 INVOKE = Path(sys.prefix) / "bin" / "invoke"
 
 
@@ -75,7 +77,7 @@ def _invoke(
     args: list[str], env: dict[str, str], timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(INVOKE), *args], cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
+        [str(INVOKE), *args], cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL,
         capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
 
@@ -96,7 +98,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxied]:
         docker_host.require_engine()
         images.seed_base_image(progress=Lines())
         config = StackConfig(
-            api_host_port=_free_port(),
+            api_host_port=free_port(),
             api_replicas=3,
             proxy_request_timeout_s=3,
             proxy_client_timeout_s=5,
@@ -279,7 +281,7 @@ class Load:
 
 def _jobs_once(stack: Proxied, load: Load) -> None:
     """Every 2xx upload is in the database exactly once, under the id it was answered."""
-    with psycopg.connect(_libpq(stack.endpoints.database_url), connect_timeout=10) as conn:
+    with psycopg.connect(libpq_url(stack.endpoints.database_url), connect_timeout=10) as conn:
         rows = conn.execute(
             "SELECT idempotency_key, id::text FROM analysis_jobs WHERE idempotency_key = ANY(%s)",
             (list(load.uploaded),),
@@ -314,10 +316,11 @@ def test_deploy_of_an_image_that_never_gets_healthy_keeps_the_old_one(stack: Pro
     before = _live(stack.url)["build"]
     api = build_stack(stack.config).service(stack.config.api_name)
     assert api.build is not None
-    broken = REPO_ROOT / "infra" / "images" / "api" / "Dockerfile"
+    broken = PROJECT_ROOT / "infra" / "images" / "api" / "Dockerfile"
     # The same image, with a command that never answers: its healthcheck never passes.
     sick = subprocess.run(
-        ["docker", "build", "-q", "-t", api.image, "-f", "-", str(REPO_ROOT / "infra" / "images")],
+        ["docker", "build", "-q", "-t", api.image, "-f", "-",
+         str(PROJECT_ROOT / "infra" / "images")],
         input=f"FROM {api.image}\nCMD [\"sleep\", \"3600\"]\n", capture_output=True, text=True,
         timeout=300, check=False,
     )  # fmt: skip

@@ -7,13 +7,13 @@ import json
 import runpy
 from dataclasses import fields
 from decimal import Decimal
-from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import pulumi
 import pytest
 import yaml
 
+from app_patch.settings import PROJECT_ROOT
 from infra.config import STACK_SECRETS, StackConfig, config_from_source, pulumi_key
 from infra.pulumi_program import (
     NETWORK_IGNORE_CHANGES,
@@ -47,7 +47,6 @@ from tests.infra.pulumi_harness import (
 PG, REDIS, API = "af-postgres-1", "af-redis-1", "media-analysis-api"
 LOADER = f"{API}-secrets"
 PROXY = "media-analysis-proxy"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 EXTERNAL_PASSWORDS = {
     key: value
     for key, value in PASSWORDS.items()
@@ -386,7 +385,7 @@ def test_wrong_setting_fails_with_one_message_naming_it(
 
 
 def test_project_file_entry_point_runs_the_program() -> None:
-    project = yaml.safe_load((REPO_ROOT / "Pulumi.yaml").read_text())
+    project = yaml.safe_load((PROJECT_ROOT / "Pulumi.yaml").read_text())
     assert project["name"] == PROJECT
     assert project["main"] == "infra/"
     assert project["runtime"] == {
@@ -400,7 +399,7 @@ def test_project_file_entry_point_runs_the_program() -> None:
 
     @pulumi.runtime.test
     def program() -> pulumi.Output[None]:
-        runpy.run_path(str(REPO_ROOT / project["main"]), run_name="__main__")
+        runpy.run_path(str(PROJECT_ROOT / project["main"]), run_name="__main__")
         return pulumi.Output.from_input(None)
 
     program()
@@ -410,7 +409,7 @@ def test_project_file_entry_point_runs_the_program() -> None:
 
 
 def test_documented_dev_stack_config_is_the_defaults() -> None:
-    documented = yaml.safe_load((REPO_ROOT / "Pulumi.dev.yaml").read_text())["config"]
+    documented = yaml.safe_load((PROJECT_ROOT / "Pulumi.dev.yaml").read_text())["config"]
     values = {key.removeprefix(f"{PROJECT}:"): str(value) for key, value in documented.items()}
     known = {pulumi_key(field.name) for field in fields(StackConfig)}
 
@@ -644,7 +643,7 @@ def test_image_ids_lead_back_to_the_tags_compose_uses() -> None:
 def test_project_file_documents_every_setting_and_secret() -> None:
     """Pulumi.yaml's template config names every StackConfig key with its default and every
     stack secret as a secret (what `pulumi new` prompts for, and the one reference)."""
-    documented = yaml.safe_load((REPO_ROOT / "Pulumi.yaml").read_text())["template"]["config"]
+    documented = yaml.safe_load((PROJECT_ROOT / "Pulumi.yaml").read_text())["template"]["config"]
     settings = {pulumi_key(f.name): f.default for f in fields(StackConfig)}
     secrets = {s.setting for s in STACK_SECRETS}
     assert set(documented) == set(settings) | secrets

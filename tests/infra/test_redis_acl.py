@@ -29,6 +29,7 @@ import app_patch.cache.client as cache_module
 from app_patch.cache import Kind, Placement, RedisCache, TtlPolicy
 from app_patch.schemas import HistoryPage
 from app_patch.settings import CacheSettings, RedisSettings, Settings
+from infra.loopback import free_port
 from infra.redis_acl import (
     APP_COMMANDS,
     APP_KEY_PATTERN,
@@ -37,7 +38,6 @@ from infra.redis_acl import (
     app_rules,
     maxmemory_bytes,
 )
-from tests.conftest import free_port
 
 APP_USER, APP_PASSWORD = "media-app", "app pass:w/rd"
 ADMIN_USER, ADMIN_PASSWORD = "ma-admin", "admin@pass"

@@ -24,17 +24,19 @@ import httpx
 import psycopg
 import pytest
 
+from app_patch.db import libpq_url
+from app_patch.settings import PROJECT_ROOT
 from infra import docker_host, images
 from infra.config import StackConfig, config_to_env, env_key
 from infra.engines import swarm
+from infra.loopback import free_port
 from infra.progress import Lines
 from infra.stack import STORAGE_NODE_LABEL, build_stack
-from tests.infra.test_docker_stack import _free_port, _libpq, _passwords, _png
+from tests.infra.test_docker_stack import _passwords, _png
 from tests.infra.test_proxy_docker import Load
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 INVOKE = Path(sys.prefix) / "bin" / "invoke"
 VOLUMES = ("pg-data", "redis-data", "media-storage")
 
@@ -65,7 +67,7 @@ def _invoke(
     args: list[str], env: dict[str, str], timeout: float = 900
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(INVOKE), *args], cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
+        [str(INVOKE), *args], cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL,
         capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
 
@@ -115,7 +117,7 @@ def stack(swarm_mode: None, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     docker_host.require_engine()
     images.seed_base_image(progress=Lines())
     config = StackConfig(
-        target="swarm", api_host_port=_free_port(), api_replicas=3, deploy_timeout_s=60
+        target="swarm", api_host_port=free_port(), api_replicas=3, deploy_timeout_s=60
     )
     _remove_volumes()
     images.build_all(build_stack(config), progress=Lines())
@@ -158,7 +160,7 @@ def test_up_verify_replicas_answer_migrated_once(stack: Swarmed) -> None:
     assert len(instances) >= 2, instances
     again = _invoke(["migrate"], stack.env)
     assert again.returncode == 0, again.stdout + again.stderr
-    with psycopg.connect(_libpq(_owner_url(stack)), connect_timeout=10) as conn:
+    with psycopg.connect(libpq_url(_owner_url(stack)), connect_timeout=10) as conn:
         assert conn.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
 
 
@@ -245,7 +247,8 @@ def test_deploy_of_a_sick_image_is_rolled_back(stack: Swarmed) -> None:
     before = _live(stack.url)["build"]
     api = build_stack(stack.config).service(stack.config.api_name)
     sick = subprocess.run(
-        ["docker", "build", "-q", "-t", api.image, "-f", "-", str(REPO_ROOT / "infra" / "images")],
+        ["docker", "build", "-q", "-t", api.image, "-f", "-",
+         str(PROJECT_ROOT / "infra" / "images")],
         input=f"FROM {api.image}\nCMD [\"sleep\", \"3600\"]\n", capture_output=True, text=True,
         timeout=300, check=False,
     )  # fmt: skip

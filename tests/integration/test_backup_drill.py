@@ -39,20 +39,19 @@ import pytest
 from PIL import Image
 from psycopg import sql
 
-from app_patch.db import create_engine, create_session_factory
+from app_patch.db import create_engine, create_session_factory, libpq_url
 from app_patch.media import MediaStore
-from app_patch.settings import DatabaseSettings, RetentionSettings, StorageSettings
+from app_patch.settings import PROJECT_ROOT, DatabaseSettings, RetentionSettings, StorageSettings
 from app_patch.storage import Storage
 from infra.engines import EngineKind, StackEndpoints
 from infra.engines.embedded import EmbeddedEngine
 from infra.engines.record import StackRecord
-from tests.conftest import free_port, libpq
+from infra.loopback import free_port
 from tests.integration.api.harness import png_bytes, unique_text, wav_bytes
 from tests.integration.test_ops_safety import SCRUBBED, one_error_line
 
 pytestmark = pytest.mark.timeout(600)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPARED = ("analysis_jobs", "analysis_results", "media_files", "artifacts", "retention_events")
 LIVE_FILES = (
     "SELECT storage_key, sha256 FROM media_files WHERE deleted_at IS NULL"
@@ -95,7 +94,7 @@ class EmbeddedStack:
     def invoke(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "invoke", *args],
-            cwd=REPO_ROOT,
+            cwd=PROJECT_ROOT,
             env=self.env,
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -123,7 +122,7 @@ class EmbeddedStack:
 def fingerprint(owner_url: str) -> dict[str, tuple[int, str | None]]:
     """Per compared table: (rows, md5 of its rows in order)."""
     found: dict[str, tuple[int, str | None]] = {}
-    with psycopg.connect(libpq(owner_url)) as conn:
+    with psycopg.connect(libpq_url(owner_url)) as conn:
         for table in COMPARED:
             query = sql.SQL(
                 "SELECT count(*), md5(string_agg(t::text, '|' ORDER BY t::text)) FROM {} t"
@@ -135,7 +134,7 @@ def fingerprint(owner_url: str) -> dict[str, tuple[int, str | None]]:
 
 
 def live_files(owner_url: str) -> dict[str, str]:
-    with psycopg.connect(libpq(owner_url)) as conn:
+    with psycopg.connect(libpq_url(owner_url)) as conn:
         return {str(k): str(s) for k, s in conn.execute(LIVE_FILES).fetchall()}
 
 
@@ -346,7 +345,7 @@ def test_a_sigkilled_backup_leaves_no_complete_looking_set(drill: Drill) -> None
     complete_before = backup_sets(drill.backups)
     process = subprocess.Popen(
         [sys.executable, "-m", "invoke", "backup", "--to", str(drill.backups)],
-        cwd=REPO_ROOT,
+        cwd=PROJECT_ROOT,
         env=drill.source.env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -400,7 +399,7 @@ def test_a_file_retention_deletes_during_the_backup_leaves_no_row_without_it(
         monkeypatch.delenv(name, raising=False)
     get_settings.cache_clear()
     endpoints = drill.source.endpoints()
-    with psycopg.connect(libpq(endpoints.database_url)) as conn:
+    with psycopg.connect(libpq_url(endpoints.database_url)) as conn:
         row = conn.execute(
             "SELECT id::text, storage_key FROM media_files WHERE deleted_at IS NULL"
             " ORDER BY storage_key LIMIT 1"
@@ -413,7 +412,7 @@ def test_a_file_retention_deletes_during_the_backup_leaves_no_row_without_it(
     class RetentionMeanwhile(LocalSite):
         def dump(self, *args: object, **kwargs: object) -> str:
             version = super().dump(*args, **kwargs)  # type: ignore[arg-type]
-            with psycopg.connect(libpq(app_url)) as sweeper:
+            with psycopg.connect(libpq_url(app_url)) as sweeper:
                 sweeper.execute("SELECT pg_advisory_xact_lock(%s)", (key_lock_id(victim_key),))
                 (drill.source.storage / victim_key).unlink()
                 sweeper.execute(
@@ -441,7 +440,7 @@ def test_a_file_retention_deletes_during_the_backup_leaves_no_row_without_it(
     rows = live_files(owner_url)
     on_disk = store_files(drill.target.storage)
     assert victim_key not in rows and set(rows) <= set(on_disk)
-    with psycopg.connect(libpq(owner_url)) as conn:
+    with psycopg.connect(libpq_url(owner_url)) as conn:
         audit = conn.execute(
             "SELECT object_type, policy FROM retention_events WHERE object_id = %s", (victim_id,)
         ).fetchall()

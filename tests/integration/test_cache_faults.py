@@ -26,7 +26,7 @@ from app_patch.repository import NewJob
 from app_patch.schemas import JobOut
 from app_patch.service import HistoryService
 from app_patch.settings import Settings
-from tests.conftest import free_port
+from infra.loopback import free_port
 from tests.integration.test_cache import a_result, make_settings
 
 pytestmark = pytest.mark.usefixtures("clean_db")

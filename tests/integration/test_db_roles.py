@@ -24,9 +24,9 @@ from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 
 from app_patch import migrate as migrations
+from app_patch.db import libpq_conninfo, libpq_url
 from app_patch.db_roles import (
     RoleSetupError,
-    _conninfo,
     embedded_role_urls,
     ensure_roles,
     init_sql,
@@ -36,7 +36,7 @@ from app_patch.db_roles import (
 from app_patch.errors import describe
 from app_patch.models import ALL_TABLES
 from app_patch.settings import PROJECT_ROOT, DatabaseSettings, RedisSettings
-from tests.conftest import DatabaseFactory, database_name, libpq
+from tests.conftest import DatabaseFactory, database_name
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -64,7 +64,7 @@ def db(databases: DatabaseFactory) -> Db:
 
 def refused(url: str, statement: str | sql.Composable) -> str:
     """Run ``statement`` in a transaction that is rolled back; the error PostgreSQL gave."""
-    with psycopg.connect(libpq(url)) as conn:
+    with psycopg.connect(libpq_url(url)) as conn:
         try:
             conn.execute(statement)  # type: ignore[arg-type]
         except psycopg.errors.InsufficientPrivilege as exc:
@@ -75,14 +75,14 @@ def refused(url: str, statement: str | sql.Composable) -> str:
 
 
 def scalar(url: str, query: str, *params: object) -> object:
-    with psycopg.connect(libpq(url)) as conn:
+    with psycopg.connect(libpq_url(url)) as conn:
         row = conn.execute(query, params or None).fetchone()  # type: ignore[arg-type]
     return None if row is None else row[0]
 
 
 def acl_snapshot(admin_url: str) -> dict[str, object]:
     """Every privilege and owner ensure_roles touches, for before/after comparisons."""
-    with psycopg.connect(libpq(admin_url)) as conn:
+    with psycopg.connect(libpq_url(admin_url)) as conn:
         return {
             "relations": conn.execute(
                 "SELECT c.relname, pg_get_userbyid(c.relowner), c.relacl::text FROM pg_class c"
@@ -135,7 +135,7 @@ def test_app_role_cannot_create_databases_or_roles(db: Db) -> None:
     for statement in ("CREATE ROLE intruder", "ALTER ROLE ma_app SUPERUSER"):
         refused(db.app, statement)
     with (
-        psycopg.connect(libpq(db.app), autocommit=True) as conn,
+        psycopg.connect(libpq_url(db.app), autocommit=True) as conn,
         pytest.raises(psycopg.errors.InsufficientPrivilege),
     ):
         conn.execute("CREATE DATABASE intruder")
@@ -143,7 +143,7 @@ def test_app_role_cannot_create_databases_or_roles(db: Db) -> None:
 
 def test_app_role_reads_and_writes_rows(db: Db) -> None:
     job = uuid.uuid4()
-    with psycopg.connect(libpq(db.app)) as conn:
+    with psycopg.connect(libpq_url(db.app)) as conn:
         conn.execute(
             "INSERT INTO analysis_jobs (id, analysis_type, status) VALUES (%s, 'basic', 'queued')",
             (job,),
@@ -167,10 +167,10 @@ def test_app_role_reads_and_writes_rows(db: Db) -> None:
 
 def test_a_later_migrations_table_is_usable_through_default_privileges(db: Db) -> None:
     """As if a new revision ran after ensure_roles: no rerun needed for the app to use it."""
-    with psycopg.connect(libpq(db.owner)) as conn:
+    with psycopg.connect(libpq_url(db.owner)) as conn:
         conn.execute("CREATE TABLE later_table (id bigserial PRIMARY KEY, note text NOT NULL)")
         conn.execute("CREATE SEQUENCE later_counter")
-    with psycopg.connect(libpq(db.app)) as conn:
+    with psycopg.connect(libpq_url(db.app)) as conn:
         conn.execute("INSERT INTO later_table (note) VALUES ('a'), ('b')")
         conn.execute("UPDATE later_table SET note = 'c' WHERE id = 1")
         conn.execute("DELETE FROM later_table WHERE id = 2")
@@ -196,7 +196,7 @@ def test_the_app_url_passes_the_check_and_the_others_do_not(db: Db) -> None:
 
 def test_the_check_finds_grants_added_by_hand(db: Db, databases: DatabaseFactory) -> None:
     app = databases.roles.app
-    with psycopg.connect(libpq(db.admin)) as conn:
+    with psycopg.connect(libpq_url(db.admin)) as conn:
         conn.execute(sql.SQL("GRANT TRUNCATE ON media_files TO {}").format(sql.Identifier(app)))
         conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(app)))
         conn.execute(sql.SQL("REVOKE DELETE ON artifacts FROM {}").format(sql.Identifier(app)))
@@ -227,7 +227,7 @@ def test_ensure_roles_adopts_a_database_migrated_before_the_roles_existed(
     """The old layout: everything created (and owned) by the bootstrap superuser."""
     admin = databases.create("legacy", with_roles=False)
     migrations.upgrade(admin)
-    with psycopg.connect(libpq(admin)) as conn:
+    with psycopg.connect(libpq_url(admin)) as conn:
         conn.execute(
             "INSERT INTO retention_events (object_type, object_id, policy, reason)"
             " VALUES ('media', 'x', 'expired', 'before the roles')"
@@ -235,7 +235,7 @@ def test_ensure_roles_adopts_a_database_migrated_before_the_roles_existed(
     roles = databases.roles
     roles.ensure(admin, database_name(admin))
 
-    with psycopg.connect(libpq(admin)) as conn:
+    with psycopg.connect(libpq_url(admin)) as conn:
         owners = dict(
             conn.execute(
                 "SELECT c.relname, pg_get_userbyid(c.relowner) FROM pg_class c"
@@ -251,7 +251,7 @@ def test_ensure_roles_adopts_a_database_migrated_before_the_roles_existed(
 
     app = roles.app_url(admin)
     assert role_problems(app) == []
-    with psycopg.connect(libpq(app)) as conn:
+    with psycopg.connect(libpq_url(app)) as conn:
         (new_id,) = conn.execute(
             "INSERT INTO retention_events (object_type, object_id, policy, reason)"
             " VALUES ('media', 'y', 'expired', 'after') RETURNING id"
@@ -270,7 +270,7 @@ def test_ensure_roles_keeps_passwords_as_scram_and_updates_them(
     owner, app = "ma_pw_owner", "ma_pw_app"
 
     def verifiers() -> dict[str, str]:
-        with psycopg.connect(libpq(admin)) as conn:
+        with psycopg.connect(libpq_url(admin)) as conn:
             rows = conn.execute(
                 "SELECT rolname, rolpassword FROM pg_authid WHERE rolname IN (%s, %s)",
                 (owner, app),
@@ -341,7 +341,7 @@ def test_embedded_role_urls_are_the_two_roles(databases: DatabaseFactory) -> Non
     other = make_url(role_url(urls.app, "x", odd, database="d"))
     assert (other.username, other.password, other.database) == ("x", odd, "d")
     assert other.query == make_url(urls.app).query, "the socket directory is kept"
-    assert conninfo_to_dict(_conninfo(str(other.render_as_string(False))))["password"] == odd
+    assert conninfo_to_dict(libpq_conninfo(str(other.render_as_string(False))))["password"] == odd
 
 
 # --------------------------------------------------------------------------- init_sql
@@ -363,7 +363,7 @@ def test_init_sql_through_psql_gives_the_same_boundary(databases: DatabaseFactor
     owner, app = "ma_init_owner", "ma_init_app"
     script = init_sql(name, owner, app)
     assert "o-secret" not in script and ":'owner_password'" in script
-    args = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", libpq(admin), "-f", "-"]
+    args = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", libpq_url(admin), "-f", "-"]
     for _ in range(2):  # idempotent
         proc = subprocess.run(
             [*args, "-v", "owner_password=o-secret", "-v", "app_password=a-secret"],
@@ -380,12 +380,12 @@ def test_init_sql_through_psql_gives_the_same_boundary(databases: DatabaseFactor
     migrations.upgrade(owner_url)  # tables created after the grants: default privileges
     assert role_problems(app_url) == []
     refused(app_url, "DROP TABLE analysis_jobs")
-    with psycopg.connect(libpq(app_url)) as conn:
+    with psycopg.connect(libpq_url(app_url)) as conn:
         conn.execute(
             "INSERT INTO retention_events (object_type, object_id, policy, reason)"
             " VALUES ('media', 'x', 'expired', 'init_sql')"
         )
-    with psycopg.connect(libpq(admin)) as conn:
+    with psycopg.connect(libpq_url(admin)) as conn:
         stored = conn.execute(
             "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (app,)
         ).fetchone()

@@ -21,7 +21,8 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
 from app_patch import migrate as migrations
-from tests.conftest import DatabaseFactory, libpq
+from app_patch.db import libpq_url
+from tests.conftest import DatabaseFactory
 
 EXPECTED_TABLES = {
     "media_files",
@@ -77,7 +78,7 @@ def run_task(
 
 
 def catalog(url: str) -> tuple[set[str], dict[str, str]]:
-    with psycopg.connect(libpq(url)) as conn:
+    with psycopg.connect(libpq_url(url)) as conn:
         tables = {
             row[0]
             for row in conn.execute(
@@ -104,7 +105,7 @@ def test_invoke_migrate_creates_every_table_and_index(
     for name, fragment in EXPECTED_INDEXES.items():
         assert name in indexes, f"missing index {name}"
         assert fragment in indexes[name], f"{name}: {indexes[name]}"
-    with psycopg.connect(libpq(url)) as conn:
+    with psycopg.connect(libpq_url(url)) as conn:
         kinds = {
             row[0]
             for row in conn.execute(
@@ -137,5 +138,5 @@ def test_two_concurrent_migrates_apply_schema_once(
     stdout = [out for out, _ in outputs]
     assert sum("migrated base -> 0002" in out for out in stdout) == 1, stdout
     assert sum("already at 0002" in out for out in stdout) == 1, stdout
-    with psycopg.connect(libpq(url)) as conn:
+    with psycopg.connect(libpq_url(url)) as conn:
         assert conn.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)

@@ -23,7 +23,7 @@ import pytest
 from infra import engines, local_api
 from infra.docker_host import daemon_answers
 from infra.engines import EngineKind
-from tests.conftest import free_port
+from infra.loopback import free_port
 
 # What an explicit target or a forced engine would be: none of it may leak into these tests.
 SCRUBBED = {

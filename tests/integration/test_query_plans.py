@@ -21,14 +21,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from app_patch import migrate as migrations
 from app_patch import repository as repo
 from app_patch import store_identity
-from app_patch.db import create_engine, create_session_factory
+from app_patch.db import create_engine, create_session_factory, libpq_url
 from app_patch.models import JobStatus
 from app_patch.retention import Policy, Sweeper
 from app_patch.schemas import HistoryFilter, encode_cursor
 from app_patch.settings import DatabaseSettings, RetentionSettings, StorageSettings
 from app_patch.storage import Storage
 from bench.scale_curve import PlanRecorder, Seeded, plan_nodes, plan_summary, seed, seq_uuid
-from tests.conftest import DatabaseFactory, libpq
+from tests.conftest import DatabaseFactory
 
 JOBS = 20_000
 EXPIRED_SHARE = 0.01  # steady state: a day's expiries among a month of live uploads
@@ -40,7 +40,7 @@ def seeded_db(databases: DatabaseFactory) -> tuple[str, Seeded]:
     """(the app's URL, the seeded history) of a database of this module's own."""
     owner_url = databases.create("plans")
     migrations.upgrade(owner_url)
-    seeded = seed(libpq(owner_url), JOBS, expired_share=EXPIRED_SHARE)
+    seeded = seed(libpq_url(owner_url), JOBS, expired_share=EXPIRED_SHARE)
     return databases.roles.app_url(owner_url), seeded
 
 
@@ -190,7 +190,7 @@ def live_media_db(databases: DatabaseFactory) -> str:
     """The app's URL of a database of LIVE_MEDIA live uploads, EXPIRED_LIVE of them expired."""
     owner_url = databases.create("plans_live")
     migrations.upgrade(owner_url)
-    with psycopg.connect(libpq(owner_url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(owner_url), autocommit=True) as conn:
         conn.execute(
             "INSERT INTO media_files (id, sha256, size_bytes, content_type, storage_key,"
             " created_at, last_accessed_at, expires_at)"

@@ -18,11 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app_patch import repository as repo
 from app_patch import retention
+from app_patch.db import libpq_url
 from app_patch.file_locks import key_lock_id
 from app_patch.outbox import Outbox, OutboxEntry
 from app_patch.retention import Policy, Sweeper
 from app_patch.storage import Storage, StorageKeyError, upload_key
-from tests.conftest import libpq
 from tests.integration.test_outbox import finished_job
 from tests.integration.test_storage_support import (
     assert_converged,
@@ -81,7 +81,7 @@ async def test_a_busy_key_is_skipped_and_kept_by_the_set_based_batch(
 ) -> None:
     seeded = seed(clean_db, storage.root, expired_media=30, live_media=5)
     busy_id, (busy_key, _) = next(iter(seeded.expired.items()))
-    with psycopg.connect(libpq(clean_db), autocommit=True) as holder:
+    with psycopg.connect(libpq_url(clean_db), autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", (key_lock_id(busy_key),))
         report = await Sweeper(engine, storage, retention_settings(batch_size=8)).sweep(
             policies=[Policy.uploads]

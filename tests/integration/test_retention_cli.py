@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from infra.loopback import free_port
 from tests.integration.test_storage_support import (
     Seeded,
     child_env,

@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app_patch import repository as repo
+from app_patch.db import libpq_url
 from app_patch.file_locks import key_lock_id
 from app_patch.media import MediaNotFoundError, MediaStore
 from app_patch.repository import JobNotFoundError
@@ -24,7 +25,6 @@ from app_patch.storage import (
     UploadTooLargeError,
     upload_key,
 )
-from tests.conftest import libpq
 from tests.integration.test_storage_support import (
     chunks_of,
     execute,
@@ -109,7 +109,7 @@ async def test_failed_commit_leaves_no_live_row_and_only_a_reconcilable_file(
 ) -> None:
     """The database refuses at COMMIT (deferred trigger), after the file was placed.
     The trigger is DDL: the owner's (the app role may not create one)."""
-    with psycopg.connect(libpq(migrated_owner_url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(migrated_owner_url), autocommit=True) as conn:
         conn.execute(
             """
             CREATE FUNCTION fail_commit() RETURNS trigger LANGUAGE plpgsql AS
@@ -122,7 +122,7 @@ async def test_failed_commit_leaves_no_live_row_and_only_a_reconcilable_file(
         with pytest.raises(DBAPIError, match="injected commit failure"):
             await store.register_upload(chunks_of(b"orphan to be"))
     finally:
-        with psycopg.connect(libpq(migrated_owner_url), autocommit=True) as conn:
+        with psycopg.connect(libpq_url(migrated_owner_url), autocommit=True) as conn:
             conn.execute("DROP TRIGGER fail_commit ON media_files; DROP FUNCTION fail_commit()")
     assert query(clean_db, "SELECT count(*) FROM media_files") == [(0,)]
     key = upload_key(hashlib.sha256(b"orphan to be").hexdigest())

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import psycopg
 
+from app_patch.db import libpq_url
 from app_patch.metrics import SWEEP_STATUS_NAME
 from app_patch.models import ALL_TABLES
 from app_patch.settings import PROJECT_ROOT, RetentionSettings, StorageSettings
 from app_patch.storage import artifact_key, upload_key
 from app_patch.store_identity import MARKER_NAME, ensure_marker
-from tests.conftest import libpq
 
 
 def storage_settings(root: Path, **overrides: object) -> StorageSettings:
@@ -59,7 +59,7 @@ def files_under(root: Path) -> set[str]:
 
 
 def db_snapshot(url: str) -> dict[str, list[tuple[object, ...]]]:
-    with psycopg.connect(libpq(url)) as conn:
+    with psycopg.connect(libpq_url(url)) as conn:
         return {
             t.name: conn.execute(f'SELECT * FROM "{t.name}" ORDER BY 1').fetchall()  # type: ignore[arg-type]
             for t in ALL_TABLES
@@ -67,12 +67,12 @@ def db_snapshot(url: str) -> dict[str, list[tuple[object, ...]]]:
 
 
 def query(url: str, sql: str, *params: object) -> list[tuple[object, ...]]:
-    with psycopg.connect(libpq(url)) as conn:
+    with psycopg.connect(libpq_url(url)) as conn:
         return conn.execute(sql, params or None).fetchall()  # type: ignore[arg-type]
 
 
 def execute(url: str, sql: str, *params: object) -> None:
-    with psycopg.connect(libpq(url)) as conn:
+    with psycopg.connect(libpq_url(url)) as conn:
         conn.execute(sql, params or None)  # type: ignore[arg-type]
 
 
@@ -174,7 +174,7 @@ def seed(
         expires = now - timedelta(days=1) if expired else now + timedelta(days=30)
         sha = hashlib.sha256(data).hexdigest()
         artifact_rows.append((row_id, job, f"k{n}", key, len(data), sha, "text/plain", expires))
-    with psycopg.connect(libpq(url)) as conn:
+    with psycopg.connect(libpq_url(url)) as conn:
         with conn.cursor().copy("COPY analysis_jobs (id, analysis_type, status) FROM STDIN") as cp:
             for job in out.job_ids:
                 cp.write_row((job, "basic", "succeeded"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from infra.loopback import free_port
 from tests.integration.test_migrations import run_task
 
 BAD_URLS = {

@@ -17,9 +17,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from app_patch.metrics import SWEEP_STATUS_NAME, Metrics, record_sweep
+from app_patch.settings import PROJECT_ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
-MONITORING = ROOT / "monitoring"
+MONITORING = PROJECT_ROOT / "monitoring"
 ALERTS = MONITORING / "alerts.yml"
 DASHBOARD = MONITORING / "grafana" / "media-analysis.json"
 PROMTOOL_TIMEOUT_S = 60

@@ -4,14 +4,13 @@ it names exists."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from invoke import Collection
 
+from app_patch.settings import PROJECT_ROOT
 from scripts.settings_table import markdown
 
-ROOT = Path(__file__).resolve().parents[2]
-README = (ROOT / "README.md").read_text()
+README = (PROJECT_ROOT / "README.md").read_text()
 
 
 def test_settings_table_matches_the_code() -> None:
@@ -35,6 +34,6 @@ def test_every_task_the_readme_names_exists() -> None:
 def test_quick_start_commands_exist() -> None:
     assert "scripts/bootstrap && .venv/bin/invoke secrets up" in README
     assert "scripts/bootstrap && .venv/bin/invoke test" in README
-    assert (ROOT / "scripts" / "bootstrap").stat().st_mode & 0o111
-    ci = (ROOT / ".ci" / "run").read_text()
+    assert (PROJECT_ROOT / "scripts" / "bootstrap").stat().st_mode & 0o111
+    ci = (PROJECT_ROOT / ".ci" / "run").read_text()
     assert "scripts/bootstrap" in ci and "invoke test" in ci

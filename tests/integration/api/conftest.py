@@ -18,7 +18,8 @@ import redis
 
 from app_patch import migrate as migrations
 from app_patch.embedded import EmbeddedPostgres, EmbeddedRedis
-from tests.conftest import RolePostgres, free_port
+from infra.loopback import free_port
+from tests.conftest import RolePostgres
 from tests.integration.api.harness import LiveApp, make_settings, running_app
 
 

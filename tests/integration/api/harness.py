@@ -26,6 +26,7 @@ import uvicorn
 from fastapi import FastAPI
 from PIL import Image
 
+from app_patch.db import libpq_url
 from app_patch.settings import (
     CacheSettings,
     DatabaseSettings,
@@ -35,7 +36,7 @@ from app_patch.settings import (
     StorageSettings,
 )
 from app_patch.store_identity import MARKER_NAME, ensure_marker
-from tests.conftest import free_port, libpq
+from infra.loopback import free_port
 
 T = TypeVar("T")
 
@@ -194,7 +195,7 @@ async def running_app(settings: Settings) -> AsyncIterator[LiveApp]:
     if settings.db.url is not None and not (root / MARKER_NAME).exists():
         store_id = await asyncio.to_thread(_new_root, root)
         url = settings.db.url.get_secret_value()
-        async with await psycopg.AsyncConnection.connect(libpq(url), autocommit=True) as conn:
+        async with await psycopg.AsyncConnection.connect(libpq_url(url), autocommit=True) as conn:
             await conn.execute("DELETE FROM store_identity")
             await conn.execute("INSERT INTO store_identity (store_id) VALUES (%s)", (store_id,))
     async with serve(build_app(settings), settings) as live:
@@ -297,13 +298,13 @@ async def job_rows(
     db_url: str, where: str = "TRUE", params: tuple[Any, ...] = ()
 ) -> list[uuid.UUID]:
     """Job ids straight from PostgreSQL (psycopg, not the app)."""
-    async with await psycopg.AsyncConnection.connect(libpq(db_url), autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(libpq_url(db_url), autocommit=True) as conn:
         cur = await conn.execute(f"SELECT id FROM analysis_jobs WHERE {where}", params)
         return [row[0] for row in await cur.fetchall()]
 
 
 async def scalar(db_url: str, query: str, params: tuple[Any, ...] = ()) -> Any:
-    async with await psycopg.AsyncConnection.connect(libpq(db_url), autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(libpq_url(db_url), autocommit=True) as conn:
         cur = await conn.execute(query, params)
         row = await cur.fetchone()
         return None if row is None else row[0]

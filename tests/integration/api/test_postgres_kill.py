@@ -29,12 +29,11 @@ import httpx
 import psutil
 import psycopg
 
-from app_patch.db import create_engine
+from app_patch.db import create_engine, libpq_url
 from app_patch.embedded import EmbeddedPostgres
 from app_patch.retention import Policy, Sweeper, SweepReport
 from app_patch.settings import RetentionSettings
 from app_patch.storage import Storage
-from tests.conftest import libpq
 from tests.integration.api.conftest import flush_redis
 from tests.integration.api.harness import (
     LiveApp,
@@ -267,7 +266,7 @@ def files_under(root: Path, area: str) -> set[str]:
 
 
 async def live_media_keys(db_url: str) -> set[str]:
-    async with await psycopg.AsyncConnection.connect(libpq(db_url), autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(libpq_url(db_url), autocommit=True) as conn:
         cur = await conn.execute("SELECT storage_key FROM media_files WHERE deleted_at IS NULL")
         return {str(row[0]) for row in await cur.fetchall()}
 
