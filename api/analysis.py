@@ -27,8 +27,10 @@ import filetype
 import mutagen
 from PIL import Image
 
-ENGINE_NAME = "media-analysis-reference"
-ENGINE_VERSION = "1.0.0"
+ANALYZER_NAME = "media-analysis-reference"
+ANALYZER_VERSION = "1.0.0"
+"""Who analysed a file, stored with every result (the ``engine_name``/``engine_version`` columns
+and response fields keep their published names)."""
 Image.MAX_IMAGE_PIXELS = 64_000_000  # bigger is treated as a decompression bomb
 SNIFF_BYTES = 4096  # magic numbers and the text check need no more than the head
 _MAX_INT = 2**53  # beyond this a "sample rate" or "bitrate" is garbage (and not JSON-safe)
@@ -50,8 +52,8 @@ class AnalysisOutcome:
     result: dict[str, Any]
     summary: str
     duration_ms: float
-    engine_name: str = ENGINE_NAME
-    engine_version: str = ENGINE_VERSION
+    engine_name: str = ANALYZER_NAME
+    engine_version: str = ANALYZER_VERSION
 
 
 def _head(path: Path) -> bytes:

@@ -10,10 +10,11 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from api.analysis import ANALYSIS_TYPES, AnalysisError, AnalysisOutcome, FileFacts, run_analysis
-from app_patch.fastapi import install
+from app_patch import __version__, install
 from app_patch.settings import Settings
 
-VERSION = "1.0.0"
+VERSION = __version__
+"""The API's version in its OpenAPI document: the kit's own (``app_patch.__version__``)."""
 
 
 def analyse(analysis_type: str, path: Path, sha256: str, size_bytes: int) -> AnalysisOutcome:

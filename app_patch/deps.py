@@ -11,7 +11,7 @@ from app_patch.runtime import Runtime
 
 
 def get_runtime(request: Request) -> Runtime:
-    """The runtime the lifespan built (``app_patch.fastapi.install``)."""
+    """The runtime the lifespan built (``app_patch.wiring.install``)."""
     runtime: Runtime = request.app.state.ma_runtime
     return runtime
 

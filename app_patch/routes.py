@@ -168,7 +168,7 @@ Sha256 = Annotated[str, Path(pattern=SHA256_PATTERN, description="64 lowercase h
 
 async def _media_or_404(rt: Runtime, sha256: str) -> MediaOut:
     try:
-        media = await rt.history.get_media(sha256)
+        media = await rt.media_lookup.get(sha256)
     except DependencyUnavailableError:
         raise unavailable("media metadata") from None
     if media is None:

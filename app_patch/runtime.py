@@ -11,14 +11,15 @@ from typing import Any, TypeVar
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app_patch.bootstrap import database_url, redis_url
 from app_patch.breaker import Breaker, DependencyUnavailableError
 from app_patch.cache import RedisCache
 from app_patch.db import create_engine, create_session_factory, is_database_outage, observe_pool
 from app_patch.media import MediaStore
+from app_patch.media_lookup import MediaLookup
 from app_patch.metrics import LiveSources, Metrics, PoolFigures, RetentionTotals
 from app_patch.models import RetentionEvent
 from app_patch.outbox import Outbox, OutboxReplayer
+from app_patch.server_urls import database_url, redis_url
 from app_patch.service import HistoryService
 from app_patch.settings import Settings
 from app_patch.storage import Storage
@@ -37,6 +38,7 @@ class Runtime:
     db_breaker: Breaker
     cache: RedisCache
     history: HistoryService
+    media_lookup: MediaLookup
     storage: Storage
     media: MediaStore
     outbox: Outbox
@@ -129,6 +131,7 @@ async def open_runtime(
         is_outage=is_database_outage,
     )
     history = HistoryService(sessions, cache, guard=db_breaker.call)
+    media_lookup = MediaLookup(sessions, cache, guard=db_breaker.call)
     storage = await Storage.open(settings.storage)
     outbox = Outbox(storage.outbox_dir)
 
@@ -171,6 +174,7 @@ async def open_runtime(
         storage=storage,
         media=media,
         history=history,
+        media_lookup=media_lookup,
         outbox=outbox,
         guard=db_breaker.call,
         analyse=analyse,
@@ -183,6 +187,7 @@ async def open_runtime(
         db_breaker=db_breaker,
         cache=cache,
         history=history,
+        media_lookup=media_lookup,
         storage=storage,
         media=media,
         outbox=outbox,

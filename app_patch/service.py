@@ -9,47 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app_patch import repository as repo
 from app_patch.cache import (
-    MEDIA_PLACEMENT,
     RESULT_PLACEMENT,
     Kind,
     RedisCache,
     job_placement,
 )
-from app_patch.models import MediaFile
+from app_patch.guarded_sessions import DatabaseGuard, GuardedSessions, unguarded
 from app_patch.repository import NewJob
 from app_patch.schemas import (
     HistoryFilter,
     HistoryPage,
     JobOut,
-    MediaOut,
     ResultIn,
     ResultOut,
     decode_cursor,
 )
 
-T = TypeVar("T")
-
-
-class DatabaseGuard(Protocol):
-    """Runs one database operation, e.g. behind a circuit breaker (breaker.Breaker.call)."""
-
-    async def __call__(self, operation: Callable[[], Awaitable[T]]) -> T: ...
-
-
-async def _unguarded(operation: Callable[[], Awaitable[T]]) -> T:
-    return await operation()
-
 
 class HistoryService:
-    """Cached reads and write-through writes of jobs, results, history pages and media.
+    """Cached reads and write-through writes of jobs, results and history pages.
 
     Every database operation (writes and cache-miss loads) runs through ``guard``, so with a
     breaker an outage surfaces as ``DependencyUnavailableError`` while cached reads still hit.
@@ -59,55 +42,40 @@ class HistoryService:
         self,
         session_factory: async_sessionmaker[AsyncSession],
         cache: RedisCache,
-        guard: DatabaseGuard = _unguarded,
+        guard: DatabaseGuard = unguarded,
     ):
-        self._sessions = session_factory
-        self._guard = guard
+        self._db = GuardedSessions(session_factory, guard)
         self.cache = cache
-
-    async def _write(self, change: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        async def in_transaction() -> T:
-            async with self._sessions.begin() as session:
-                return await change(session)
-
-        return await self._guard(in_transaction)
-
-    async def _read(self, query: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        async def in_session() -> T:
-            async with self._sessions() as session:
-                return await query(session)
-
-        return await self._guard(in_session)
 
     # ---- writes --------------------------------------------------------------------------
 
     async def create_job(self, new: NewJob) -> tuple[JobOut, bool]:
         """Insert a queued job (or return the one its idempotency key names)."""
-        job, created = await self._write(lambda s: repo.create_job(s, new))
+        job, created = await self._db.write(lambda s: repo.create_job(s, new))
         if created:
             await self._written(job)
         return job, created
 
     async def record_finished(self, finished: repo.FinishedJob) -> tuple[JobOut, bool]:
         """An analysis that already ran, written finished in one transaction."""
-        job, created = await self._write(lambda s: repo.record_finished(s, finished))
+        job, created = await self._db.write(lambda s: repo.record_finished(s, finished))
         if created:
             await self._written(job)
         return job, created
 
     async def mark_running(self, job_id: uuid.UUID) -> JobOut:
-        job = await self._write(lambda s: repo.mark_running(s, job_id))
+        job = await self._db.write(lambda s: repo.mark_running(s, job_id))
         await self._written(job)
         return job
 
     async def mark_succeeded(self, job_id: uuid.UUID, result: ResultIn) -> JobOut:
         """Once this returns, every read of the job in this process sees it succeeded."""
-        job = await self._write(lambda s: repo.mark_succeeded(s, job_id, result))
+        job = await self._db.write(lambda s: repo.mark_succeeded(s, job_id, result))
         await self._written(job)
         return job
 
     async def mark_failed(self, job_id: uuid.UUID, error: str) -> JobOut:
-        job = await self._write(lambda s: repo.mark_failed(s, job_id, error))
+        job = await self._db.write(lambda s: repo.mark_failed(s, job_id, error))
         await self._written(job)
         return job
 
@@ -137,19 +105,19 @@ class HistoryService:
 
     async def get_job(self, job_id: uuid.UUID) -> JobOut | None:
         async def load() -> JobOut | None:
-            return await self._read(lambda s: repo.get_job(s, job_id))
+            return await self._db.read(lambda s: repo.get_job(s, job_id))
 
         return await self.cache.get_or_load(Kind.job, str(job_id), JobOut, load, job_placement)
 
     async def job_by_key(self, key: str) -> tuple[JobOut, str | None] | None:
         """The job an Idempotency-Key names and its request fingerprint (not cached)."""
-        return await self._read(lambda s: repo.job_by_key(s, key))
+        return await self._db.read(lambda s: repo.job_by_key(s, key))
 
     async def get_result(self, job_id: uuid.UUID) -> ResultOut | None:
         """A finished job's result (immutable, so cached with the long result TTL)."""
 
         async def load() -> ResultOut | None:
-            job = await self._read(lambda s: repo.get_job(s, job_id))
+            job = await self._db.read(lambda s: repo.get_job(s, job_id))
             return job.result if job is not None else None
 
         return await self.cache.get_or_load(
@@ -169,31 +137,10 @@ class HistoryService:
             decode_cursor(cursor)
 
         async def load() -> HistoryPage:
-            return await self._read(
+            return await self._db.read(
                 lambda s: repo.list_history(s, limit=limit, cursor=cursor, filters=filters)
             )
 
         return await self.cache.get_history_page(
             limit=limit, cursor=cursor, filters=filters, loader=load
         )
-
-    async def get_media(self, sha256: str) -> MediaOut | None:
-        """A live (not deleted) media file by content hash."""
-        digest = sha256.lower()
-
-        async def query(session: AsyncSession) -> MediaOut | None:
-            row = await session.scalar(
-                select(MediaFile).where(MediaFile.sha256 == digest, MediaFile.deleted_at.is_(None))
-            )
-            return MediaOut.model_validate(row) if row is not None else None
-
-        async def load() -> MediaOut | None:
-            return await self._read(query)
-
-        return await self.cache.get_or_load(
-            Kind.media, digest, MediaOut, load, lambda _: MEDIA_PLACEMENT
-        )
-
-    async def invalidate_media(self, sha256: str) -> None:
-        """Call after changing or deleting a media_files row."""
-        await self.cache.invalidate(Kind.media, sha256.lower())

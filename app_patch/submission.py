@@ -27,7 +27,9 @@ import orjson
 from sqlalchemy.exc import SQLAlchemyError
 
 from app_patch.breaker import DependencyUnavailableError
+from app_patch.guarded_sessions import DatabaseGuard
 from app_patch.media import DEFAULT_CONTENT_TYPE, MediaStore, clean_original_name
+from app_patch.media_lookup import MediaLookup
 from app_patch.outbox import Outbox, OutboxEntry
 from app_patch.repository import (
     FinishedJob,
@@ -37,7 +39,7 @@ from app_patch.repository import (
     same_request,
 )
 from app_patch.schemas import JobOut, ResultIn
-from app_patch.service import DatabaseGuard, HistoryService
+from app_patch.service import HistoryService
 from app_patch.storage import (
     StagedFile,
     Storage,
@@ -112,6 +114,7 @@ class AnalysisService:
     storage: Storage
     media: MediaStore
     history: HistoryService
+    media_lookup: MediaLookup
     outbox: Outbox
     guard: DatabaseGuard
     analyse: Analyser
@@ -214,7 +217,7 @@ class AnalysisService:
             if not staged.placed:  # the commit may have failed after the file was placed
                 await self.storage.place(staged, snapshot.storage_key)
             return await self._defer(finished, snapshot)
-        await self.history.invalidate_media(stored.sha256)
+        await self.media_lookup.invalidate(stored.sha256)
         with_media = replace(finished, new=replace(finished.new, media_file_id=stored.id))
         try:
             job, created = await self.history.record_finished(with_media)

@@ -31,10 +31,10 @@ async def run_sweep(
     tmp/ on open either: its ``tmp`` policy removes old leftovers with an audit row, so a dry
     run announces exactly what the real run does. Deleted media leave the cache at once.
     """
-    from app_patch.bootstrap import redis_url
     from app_patch.cache import Kind, RedisCache
     from app_patch.db import engine_scope
     from app_patch.metrics import record_sweep
+    from app_patch.server_urls import redis_url
 
     cache = RedisCache(settings, redis_url(settings))
 

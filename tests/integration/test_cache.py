@@ -27,6 +27,7 @@ from app_patch.cache import (
     parse_envelope,
     ttl_range_ms,
 )
+from app_patch.media_lookup import MediaLookup
 from app_patch.models import JobStatus, MediaFile
 from app_patch.repository import NewJob
 from app_patch.schemas import HistoryFilter, InvalidCursorError, JobOut, MediaOut, ResultIn
@@ -87,6 +88,11 @@ def service(session_factory: Sessions, cache: RedisCache) -> HistoryService:
     return HistoryService(session_factory, cache)
 
 
+@pytest.fixture
+def media_lookup(session_factory: Sessions, cache: RedisCache) -> MediaLookup:
+    return MediaLookup(session_factory, cache)
+
+
 async def insert_job(sessions: Sessions, **kwargs: Any) -> JobOut:
     """A job written straight to PostgreSQL, so its cache key is cold."""
     async with sessions.begin() as session:
@@ -116,7 +122,11 @@ async def assert_pttl_in_policy(raw: Redis, key: str, settings: CacheSettings, p
 
 
 async def test_every_kind_is_stored_with_a_ttl_in_its_jittered_range(
-    service: HistoryService, cache: RedisCache, raw: Redis, session_factory: Sessions
+    service: HistoryService,
+    media_lookup: MediaLookup,
+    cache: RedisCache,
+    raw: Redis,
+    session_factory: Sessions,
 ) -> None:
     cfg = make_settings().cache
     job, created = await service.create_job(NewJob(analysis_type="basic"))
@@ -149,7 +159,7 @@ async def test_every_kind_is_stored_with_a_ttl_in_its_jittered_range(
 
     sha = "c0" * 32
     await insert_media(session_factory, sha)
-    assert (await service.get_media(sha)) is not None
+    assert (await media_lookup.get(sha)) is not None
     await assert_pttl_in_policy(raw, cache_key(Kind.media, sha), cfg, TtlPolicy.media)
 
 
@@ -431,27 +441,27 @@ async def test_malformed_cursor_is_rejected_before_any_lookup(
 
 
 async def test_media_by_sha256_is_cached_until_invalidated(
-    service: HistoryService, session_factory: Sessions
+    media_lookup: MediaLookup, session_factory: Sessions
 ) -> None:
     sha = "ab" * 32
-    assert await service.get_media(sha) is None
+    assert await media_lookup.get(sha) is None
     await insert_media(session_factory, sha, size=10)
-    media = await service.get_media(sha.upper())
+    media = await media_lookup.get(sha.upper())
     assert isinstance(media, MediaOut) and media.size_bytes == 10 and media.sha256 == sha
 
     async with session_factory.begin() as session:
         await session.execute(
             update(MediaFile).where(MediaFile.sha256 == sha).values(size_bytes=11)
         )
-    assert (await service.get_media(sha)) == media  # served from Redis
-    await service.invalidate_media(sha)
-    fresh = await service.get_media(sha)
+    assert (await media_lookup.get(sha)) == media  # served from Redis
+    await media_lookup.invalidate(sha)
+    fresh = await media_lookup.get(sha)
     assert fresh is not None and fresh.size_bytes == 11
 
     async with session_factory.begin() as session:
         await session.execute(text("UPDATE media_files SET deleted_at = now()"))
-    await service.invalidate_media(sha)
-    assert await service.get_media(sha) is None
+    await media_lookup.invalidate(sha)
+    assert await media_lookup.get(sha) is None
 
 
 async def test_get_result_is_cached_after_success(
@@ -514,12 +524,13 @@ async def test_without_redis_the_cache_is_a_logged_pass_through(
         cache = RedisCache(make_settings(), None)
     try:
         service = HistoryService(session_factory, cache)
+        media = MediaLookup(session_factory, cache)
         job, _ = await service.create_job(NewJob(analysis_type="basic"))
         await service.mark_succeeded(job.id, a_result())
         reads = await asyncio.gather(*(service.get_job(job.id) for _ in range(20)))
         assert all(r is not None and r.status is JobStatus.succeeded for r in reads)
         assert [j.id for j in (await service.list_history()).items] == [job.id]
-        assert await service.get_media("00" * 32) is None
+        assert await media.get("00" * 32) is None
         assert await cache.ping() is False
         assert (cache.enabled, cache.state) == (False, "down")
         assert cache.stats.snapshot()["kinds"]["job"]["bypassed"] >= 1

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app_patch.cache import Kind, RedisCache, cache_key, decode, job_placement
 from app_patch.embedded import EmbeddedRedis
+from app_patch.media_lookup import MediaLookup
 from app_patch.models import JobStatus, MediaFile
 from app_patch.repository import NewJob
 from app_patch.schemas import JobOut
@@ -82,6 +83,11 @@ def service(session_factory: Sessions, fragile: RedisCache) -> HistoryService:
     return HistoryService(session_factory, fragile)
 
 
+@pytest.fixture
+def media(session_factory: Sessions, fragile: RedisCache) -> MediaLookup:
+    return MediaLookup(session_factory, fragile)
+
+
 async def timed(awaitable: Awaitable[T]) -> tuple[T, float]:
     start = time.monotonic()
     value = await awaitable
@@ -106,32 +112,35 @@ async def seed(service: HistoryService, sessions: Sessions) -> tuple[list[JobOut
     return jobs, sha
 
 
-async def read_everything(service: HistoryService, jobs: list[JobOut], sha: str) -> None:
+async def read_everything(
+    service: HistoryService, media_lookup: MediaLookup, jobs: list[JobOut], sha: str
+) -> None:
     """Every read returns exactly what PostgreSQL holds (exceptions would fail the test)."""
     for job in jobs:
         assert await service.get_job(job.id) == job
     page = await service.list_history(limit=10)
     assert [j.id for j in page.items] == [j.id for j in reversed(jobs)]
     assert page.items == list(reversed(jobs))
-    media = await service.get_media(sha)
+    media = await media_lookup.get(sha)
     assert media is not None and media.sha256 == sha
 
 
 async def test_stopped_redis_falls_back_to_postgres_and_recovers(
     service: HistoryService,
+    media: MediaLookup,
     fragile: RedisCache,
     own_redis: EmbeddedRedis,
     session_factory: Sessions,
 ) -> None:
     jobs, sha = await seed(service, session_factory)
-    await read_everything(service, jobs, sha)
-    await read_everything(service, jobs, sha)
+    await read_everything(service, media, jobs, sha)
+    await read_everything(service, media, jobs, sha)
     assert fragile.stats.kinds[Kind.job].hits >= len(jobs)
     assert fragile.state == "ok"
 
     own_redis.stop()
     for _ in range(10):
-        await read_everything(service, jobs, sha)
+        await read_everything(service, media, jobs, sha)
     assert fragile.stats.breaker_state == "opened"
     assert fragile.stats.breaker_opened_total >= 1
     assert fragile.state == "down"
@@ -143,31 +152,32 @@ async def test_stopped_redis_falls_back_to_postgres_and_recovers(
     jobs[2] = await service.mark_succeeded(jobs[2].id, a_result(late=True))
     newest, _ = await service.create_job(NewJob(analysis_type="basic"))
     jobs.append(newest)
-    await read_everything(service, jobs, sha)
+    await read_everything(service, media, jobs, sha)
     assert fragile.stats.kinds[Kind.job].bypassed > 0
 
     own_redis.start()  # same port, empty (no persistence)
     await asyncio.sleep(RECOVERY_S + 0.1)
     hits_before = fragile.stats.kinds[Kind.job].hits
     for _ in range(20):  # bounded: the first call after the recovery time closes it
-        await read_everything(service, jobs, sha)
+        await read_everything(service, media, jobs, sha)
         if fragile.stats.breaker_state == "closed":
             break
         await asyncio.sleep(RECOVERY_S / 2)
     assert fragile.stats.breaker_state == "closed"
-    await read_everything(service, jobs, sha)
+    await read_everything(service, media, jobs, sha)
     assert fragile.stats.kinds[Kind.job].hits > hits_before, "hits resume after recovery"
     assert fragile.state == "ok" and await fragile.ping() is True
 
 
 async def test_paused_redis_stalls_a_read_no_longer_than_the_timeout(
     service: HistoryService,
+    media: MediaLookup,
     fragile: RedisCache,
     own_redis: EmbeddedRedis,
     session_factory: Sessions,
 ) -> None:
     jobs, sha = await seed(service, session_factory)
-    await read_everything(service, jobs, sha)
+    await read_everything(service, media, jobs, sha)
     pid = own_redis.pid()
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)

@@ -151,7 +151,7 @@ async def test_media_deleted_by_retention_is_404_at_once(
     )
     assert expired == 1
 
-    from app_patch.bootstrap import redis_url as configured_redis
+    from app_patch.server_urls import redis_url as configured_redis
     from app_patch.cache import Kind, RedisCache
 
     cache = RedisCache(api.settings, configured_redis(api.settings))

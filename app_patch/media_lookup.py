@@ -1,0 +1,48 @@
+"""Cached reads of stored media by content hash (``GET /media/{sha256}``).
+
+Writers of ``media_files`` (uploads, retention, replays) call ``invalidate`` after their commit.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app_patch.cache import MEDIA_PLACEMENT, Kind, RedisCache
+from app_patch.guarded_sessions import DatabaseGuard, GuardedSessions, unguarded
+from app_patch.models import MediaFile
+from app_patch.schemas import MediaOut
+
+
+class MediaLookup:
+    """A live (not deleted) media file's metadata, read through the cache."""
+
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        cache: RedisCache,
+        guard: DatabaseGuard = unguarded,
+    ):
+        self._db = GuardedSessions(session_factory, guard)
+        self.cache = cache
+
+    async def get(self, sha256: str) -> MediaOut | None:
+        """A live (not deleted) media file by content hash."""
+        digest = sha256.lower()
+
+        async def query(session: AsyncSession) -> MediaOut | None:
+            row = await session.scalar(
+                select(MediaFile).where(MediaFile.sha256 == digest, MediaFile.deleted_at.is_(None))
+            )
+            return MediaOut.model_validate(row) if row is not None else None
+
+        async def load() -> MediaOut | None:
+            return await self._db.read(query)
+
+        return await self.cache.get_or_load(
+            Kind.media, digest, MediaOut, load, lambda _: MEDIA_PLACEMENT
+        )
+
+    async def invalidate(self, sha256: str) -> None:
+        """Call after changing or deleting a media_files row."""
+        await self.cache.invalidate(Kind.media, sha256.lower())
