@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app_patch.breaker import Breaker, DependencyUnavailableError
@@ -17,8 +16,8 @@ from app_patch.db import create_engine, create_session_factory, is_database_outa
 from app_patch.media import MediaStore
 from app_patch.media_lookup import MediaLookup
 from app_patch.metrics import LiveSources, Metrics, PoolFigures, RetentionTotals
-from app_patch.models import RetentionEvent
 from app_patch.outbox import Outbox, OutboxReplayer
+from app_patch.retention import queries as retention_queries
 from app_patch.server_urls import database_url, redis_url
 from app_patch.service import HistoryService
 from app_patch.settings import Settings
@@ -58,15 +57,7 @@ class Runtime:
         """Sum retention_events per policy (for /metrics); keeps the last figures if PG is down."""
 
         async def load() -> RetentionTotals:
-            async with self.sessions() as session:
-                rows = await session.execute(
-                    select(
-                        RetentionEvent.policy,
-                        func.count(),
-                        func.coalesce(func.sum(RetentionEvent.bytes_freed), 0),
-                    ).group_by(RetentionEvent.policy)
-                )
-                return RetentionTotals({p: (int(n), int(b)) for p, n, b in rows.all()})
+            return RetentionTotals(await retention_queries.retention_totals(self.engine))
 
         try:
             self.retention_totals = await self.db(load)
