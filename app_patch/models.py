@@ -1,6 +1,6 @@
 """The five tables of the analysis history (SQLAlchemy 2 typed models).
 
-Indexes follow the queries in repository.py and retention/queries.py; names come from the
+Indexes follow the queries in repository/ and retention/queries.py; names come from the
 naming convention so that Alembic autogenerate stays stable.
 """
 
@@ -63,6 +63,11 @@ def _now_default() -> Any:
     return func.now()
 
 
+def _live_index(table: str, column: str) -> Index:
+    """``ix_<table>_<column>_live``: ``column`` over the rows retention has not deleted yet."""
+    return Index(f"ix_{table}_{column}_live", column, postgresql_where=text("deleted_at IS NULL"))
+
+
 class MediaFile(Base):
     """One row per distinct uploaded file (content-addressed by sha256)."""
 
@@ -80,16 +85,8 @@ class MediaFile(Base):
     deleted_at: Mapped[datetime | None]
 
     __table_args__ = (
-        Index(
-            "ix_media_files_expires_at_live",
-            "expires_at",
-            postgresql_where=text("deleted_at IS NULL"),
-        ),
-        Index(
-            "ix_media_files_last_accessed_at_live",
-            "last_accessed_at",
-            postgresql_where=text("deleted_at IS NULL"),
-        ),
+        _live_index(__tablename__, "expires_at"),
+        _live_index(__tablename__, "last_accessed_at"),
     )
 
 
@@ -173,13 +170,7 @@ class Artifact(Base):
     expires_at: Mapped[datetime | None]
     deleted_at: Mapped[datetime | None]
 
-    __table_args__ = (
-        Index(
-            "ix_artifacts_expires_at_live",
-            "expires_at",
-            postgresql_where=text("deleted_at IS NULL"),
-        ),
-    )
+    __table_args__ = (_live_index(__tablename__, "expires_at"),)
 
 
 class RetentionEvent(Base):

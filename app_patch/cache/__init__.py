@@ -3,7 +3,8 @@
 One job per module: ``keys`` (key names, kinds, TTL policy), ``envelope`` (the stored
 value), ``client`` (the client factory and every command sent, Lua scripts included),
 ``flights`` (shared GETs and single-flight), ``dirty`` (keys whose write did not reach
-Redis), ``stats`` (counters), ``redis_cache`` (``RedisCache``, which ties them together).
+Redis), ``stats`` (counters), ``guarded`` (Redis calls behind the breaker and a deadline),
+``redis_cache`` (``RedisCache``, which ties them together).
 
 A value is ``b"<rank>:<gen>:<orjson>"``; a tombstone (an invalidated key) is
 ``b"<rank>:<gen>:"``. ``gen`` grows with every write-through and invalidation of the key.
@@ -31,6 +32,7 @@ a concurrent reader's fill may take that reader's older state for up to its TTL.
 from app_patch.cache.client import make_client
 from app_patch.cache.dirty import MAX_DIRTY_KEYS
 from app_patch.cache.envelope import ABSENT, Envelope, decode, encode_body, parse_envelope
+from app_patch.cache.guarded import BREAKER_NAME, FAILED, CacheState
 from app_patch.cache.keys import (
     HISTORY_PLACEMENT,
     HISTORY_VERSION_KEY,
@@ -48,7 +50,7 @@ from app_patch.cache.keys import (
     ttl_range_ms,
     ttl_seconds,
 )
-from app_patch.cache.redis_cache import BREAKER_NAME, FAILED, CacheState, RedisCache
+from app_patch.cache.redis_cache import RedisCache
 from app_patch.cache.stats import CacheStats, KindStats
 
 __all__ = [

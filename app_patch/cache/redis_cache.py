@@ -2,32 +2,28 @@
 
 It follows the correctness rules in the package docstring (``app_patch.cache``): conditional
 fills, ranked write-throughs, stale flights after a write, dirty keys, one GET per hit.
-Failure handling: every Redis call has a hard deadline (``RedisSettings.op_timeout_s``),
-redis-py retries are off, and a circuit breaker (``app_patch.breaker``, one probe at a time
-when half-open) short-circuits calls while Redis is down. Nothing here ever raises a Redis
-error to the caller; loaders' own errors propagate.
+Every Redis call goes through ``GuardedRedis`` (``guarded``: a hard deadline and the circuit
+breaker), so nothing here ever raises a Redis error to the caller; loaders' own errors
+propagate.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Final, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import orjson
 from pydantic import BaseModel, ValidationError
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from app_patch.breaker import Breaker, BreakerState
-from app_patch.cache.client import Commands, Op, make_client
+from app_patch.cache.client import Commands
 from app_patch.cache.dirty import DirtyKeys
 from app_patch.cache.envelope import ABSENT, decode_hit, encode_body, parse_envelope
 from app_patch.cache.flights import Flight, SharedGets, SingleFlights
+from app_patch.cache.guarded import FAILED, CacheState, GuardedRedis
 from app_patch.cache.keys import (
     HISTORY_PREFIX,
     HISTORY_VERSION_KEY,
@@ -40,24 +36,13 @@ from app_patch.cache.keys import (
     jittered_ttl_ms,
     max_ttl_s,
 )
-from app_patch.cache.stats import CacheStats
 from app_patch.schemas import HistoryFilter, HistoryPage
 from app_patch.settings import Settings
 
 log = logging.getLogger(__name__)
 
-BREAKER_NAME: Final = "redis"
-
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
-CacheState = Literal["ok", "degraded", "down"]
-
-
-class _Failed(enum.Enum):
-    FAILED = "failed"
-
-
-FAILED: Final = _Failed.FAILED
 
 
 class RedisCache:
@@ -69,28 +54,15 @@ class RedisCache:
 
     def __init__(self, settings: Settings, url: str | None) -> None:
         self._settings = settings.cache
-        self._op_timeout = settings.redis.op_timeout_s
         self._rng = random.Random()
         self._flights = SingleFlights()
         self._gets = SharedGets()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._dirty = DirtyKeys()
         self._history_dirty_until = 0.0
-        self.breaker = Breaker(
-            BREAKER_NAME,
-            threshold=settings.cache.breaker_failure_threshold,
-            recovery_s=settings.cache.breaker_recovery_s,
-            single_probe=True,
-            on_change=self._on_breaker_change,
-        )
-        self._client: Redis | None = None
-        if url is None or not settings.cache.enabled:
-            why = "no Redis URL configured" if url is None else "MA_CACHE_ENABLED=false"
-            log.info("cache disabled (%s): every read goes to PostgreSQL", why)
-        else:
-            self._client = make_client(settings.redis, url)
-            self._cmd = Commands(self._client)
-        self.stats = CacheStats(enabled=self._client is not None, breaker=self.breaker)
+        self._redis = GuardedRedis(settings, url)
+        self.breaker = self._redis.breaker
+        self.stats = self._redis.stats
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisCache:
@@ -99,7 +71,7 @@ class RedisCache:
 
     @property
     def enabled(self) -> bool:
-        return self._client is not None
+        return self._redis.client is not None
 
     # ---- reads ---------------------------------------------------------------------------
 
@@ -119,7 +91,7 @@ class RedisCache:
         """
         key = cache_key(kind, ident)
         redis_ok = True
-        if self._client is not None and key not in self._flights and key not in self._dirty:
+        if self._redis.client is not None and key not in self._flights and key not in self._dirty:
             raw = await self._shared_get(kind, key)
             if raw is FAILED:
                 redis_ok = False  # one timeout per read, not two: the load skips Redis
@@ -139,7 +111,7 @@ class RedisCache:
 
     async def _shared_get(self, kind: Kind, key: str) -> object:
         """One GET of ``key`` at a time in this process (``SharedGets``)."""
-        return await self._gets.get(key, lambda: self._call(kind, Commands.get(key)))
+        return await self._gets.get(key, lambda: self._redis.call(kind, Commands.get(key)))
 
     async def get_history_page(
         self,
@@ -156,7 +128,7 @@ class RedisCache:
             version: int | None = None
             if await self._repair_history():
                 version = _version(
-                    await self._call(Kind.history, Commands.get(HISTORY_VERSION_KEY))
+                    await self._redis.call(Kind.history, Commands.get(HISTORY_VERSION_KEY))
                 )
             key = history_key(version or 0, digest)
             usable = version is not None
@@ -181,7 +153,7 @@ class RedisCache:
         stats = self.stats.kinds[kind]
         token: str | None = None  # the key's state at the miss; None: do not fill
         if usable:
-            raw = await self._call(kind, Commands.get(key))
+            raw = await self._redis.call(kind, Commands.get(key))
             if raw is None:
                 token = ABSENT
             elif raw is not FAILED:  # FAILED: Redis is sick, skip the fill (one timeout, not two)
@@ -197,7 +169,7 @@ class RedisCache:
                     await self._tombstone(kind, key)
             if token is not None:
                 stats.misses += 1
-        elif self._client is None:
+        elif self._redis.client is None:
             stats.bypassed += 1
         stats.loads += 1
         loaded = await loader()
@@ -214,7 +186,7 @@ class RedisCache:
             self.stats.kinds[kind].errors += 1
             return
         ttl = jittered_ttl_ms(self._settings, where.policy, self._rng)
-        await self._call(kind, self._cmd.fill(key, token, where.rank, body, ttl))
+        await self._redis.call(kind, self._redis.cmd.fill(key, token, where.rank, body, ttl))
 
     async def _single_flight(
         self,
@@ -243,7 +215,7 @@ class RedisCache:
 
     async def _put(self, kind: Kind, key: str, value: BaseModel, where: Placement) -> None:
         try:
-            if self._client is None:
+            if self._redis.client is None:
                 return
             try:
                 body = encode_body(value)
@@ -252,14 +224,14 @@ class RedisCache:
                 self._after_write(kind, key, await self._tombstone(kind, key), "invalidations")
                 return
             ttl = jittered_ttl_ms(self._settings, where.policy, self._rng)
-            done = await self._call(kind, self._cmd.put(key, where.rank, body, ttl))
+            done = await self._redis.call(kind, self._redis.cmd.put(key, where.rank, body, ttl))
             self._after_write(kind, key, done is not FAILED, "writes")
         finally:
             self._detach(key)
 
     async def _invalidate(self, kind: Kind, key: str) -> None:
         try:
-            if self._client is not None:
+            if self._redis.client is not None:
                 self._after_write(kind, key, await self._tombstone(kind, key), "invalidations")
         finally:
             self._detach(key)
@@ -267,11 +239,11 @@ class RedisCache:
     async def _tombstone(self, kind: Kind, key: str) -> bool:
         """Replace the value by a tombstone that outlives any entry the key could hold."""
         ttl = int(max_ttl_s(self._settings, kind) * 1000)
-        return await self._call(kind, self._cmd.invalidate(key, ttl)) is not FAILED
+        return await self._redis.call(kind, self._redis.cmd.invalidate(key, ttl)) is not FAILED
 
     async def _bump_history(self) -> None:
         try:
-            if self._client is not None and not await self._bump_version_once():
+            if self._redis.client is not None and not await self._bump_version_once():
                 self._history_dirty_until = time.monotonic() + max_ttl_s(
                     self._settings, Kind.history
                 )
@@ -281,7 +253,9 @@ class RedisCache:
 
     async def _bump_version_once(self) -> bool:
         now_us = time.time_ns() // 1000
-        done = await self._call(Kind.history, self._cmd.bump_version(HISTORY_VERSION_KEY, now_us))
+        done = await self._redis.call(
+            Kind.history, self._redis.cmd.bump_version(HISTORY_VERSION_KEY, now_us)
+        )
         if done is FAILED:
             return False
         self._history_dirty_until = 0.0
@@ -305,7 +279,7 @@ class RedisCache:
 
     async def _repair(self, kind: Kind, key: str) -> bool:
         """False while a write to ``key`` has not reached Redis (read PostgreSQL instead)."""
-        if self._client is None:
+        if self._redis.client is None:
             return False
         until = self._dirty.until(key)
         if until is None:
@@ -316,7 +290,7 @@ class RedisCache:
         return True
 
     async def _repair_history(self) -> bool:
-        if self._client is None:
+        if self._redis.client is None:
             return False
         if self._history_dirty_until and time.monotonic() < self._history_dirty_until:
             return await self._bump_version_once()
@@ -330,71 +304,23 @@ class RedisCache:
         task.add_done_callback(self._tasks.discard)
         await asyncio.shield(task)
 
-    # ---- Redis calls behind the breaker --------------------------------------------------
-
-    async def _call(self, kind: Kind | None, op: Op[T]) -> T | Literal[_Failed.FAILED]:
-        """Run one Redis call with a hard deadline; FAILED instead of any error. While the
-        breaker is open (or its one probe is running) the call is skipped without raising."""
-        client = self._client
-        if client is None:
-            return FAILED
-        attempt = self.breaker.attempt()
-        if attempt is None:
-            self._count(kind, "bypassed")
-            return FAILED
-        try:
-            with attempt:
-                async with asyncio.timeout(self._op_timeout):
-                    return await op(client)
-        except Exception as exc:
-            self._count(kind, "errors")
-            level = logging.DEBUG if isinstance(exc, RedisError | OSError) else logging.WARNING
-            log.log(level, "cache call failed: %r", exc, exc_info=level > logging.DEBUG)
-        return FAILED
-
-    def _count(self, kind: Kind | None, counter: Literal["bypassed", "errors"]) -> None:
-        if kind is None:
-            if counter == "errors":
-                self.stats.errors_other += 1
-            return
-        stats = self.stats.kinds[kind]
-        setattr(stats, counter, getattr(stats, counter) + 1)
-
-    def _on_breaker_change(self, before: BreakerState, after: BreakerState) -> None:
-        if after is BreakerState.open:
-            log.warning(
-                "Redis circuit breaker opened: cache bypassed for %.1fs, reads use PostgreSQL",
-                self._settings.breaker_recovery_s,
-            )
-        elif after is BreakerState.closed:
-            log.info("Redis circuit breaker closed: cache back in use")
-
     # ---- health --------------------------------------------------------------------------
 
     async def ping(self) -> bool:
         """True when Redis answers; goes through the breaker, so it doubles as a probe."""
-        return await self._call(None, Commands.ping()) is not FAILED
+        return await self._redis.ping()
 
     @property
     def state(self) -> CacheState:
         """``ok``: in use and healthy; ``degraded``: recent errors or probing; ``down``:
         breaker open or cache disabled (see ``enabled``). Redis never gates readiness."""
-        if self._client is None:
-            return "down"
-        gate = self.breaker.gate()
-        if gate == "open":
-            return "down"
-        if gate == "probe":
-            return "degraded"
-        return "degraded" if self.breaker.failure_count else "ok"
+        return self._redis.state
 
     async def close(self) -> None:
         """Finish pending write-throughs (each bounded by the deadline), then disconnect."""
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=self._op_timeout * 3)
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+            await asyncio.wait(list(self._tasks), timeout=self._redis.op_timeout * 3)
+        await self._redis.disconnect()
 
 
 def _version(raw: object) -> int | None:
