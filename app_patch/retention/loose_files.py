@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import suppress
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING
 
@@ -80,26 +81,18 @@ def not_held(run: Run, files: list[FileEntry]) -> list[FileEntry]:
     return free
 
 
+@dataclass(eq=False)
 class LooseBatch:
     """Audit-then-unlink of files that have no row, under session advisory locks."""
 
-    def __init__(
-        self,
-        run: Run,
-        conn: AsyncConnection,
-        policy: Policy,
-        object_type: ObjectType,
-        files: list[FileEntry],
-        cutoff: float,
-    ) -> None:
-        self.run_ = run
-        self.conn = conn
-        self.policy = policy
-        self.object_type = object_type
-        self.files = files
-        self.cutoff = cutoff
-        self.locked: set[str] = set()
-        self.tmp_fds: list[int] = []
+    run_: Run
+    conn: AsyncConnection
+    policy: Policy
+    object_type: ObjectType
+    files: list[FileEntry]
+    cutoff: float
+    locked: set[str] = field(default_factory=set, init=False)
+    tmp_fds: list[int] = field(default_factory=list, init=False)
 
     async def run(self) -> None:
         conn = self.conn

@@ -1,28 +1,10 @@
-"""Uploads and artifacts: the file and its row in one unit of work, and reads for the API.
-
-Write protocol (``register_upload``, ``store_artifact``):
-
-1. stream the body into a locked ``tmp/`` file, hashing it (no DB connection held meanwhile);
-2. one short transaction: ``pg_advisory_xact_lock(key)``, lock/upsert the row, place the file
-   (rename, dir fsync) while the row lock is held, commit.
-
-The row lock is what the sweeper takes (``FOR UPDATE SKIP LOCKED``) before it unlinks, and the
-advisory lock is what orphan reconciliation takes, so a file is never removed between our
-"it exists" check and our commit. If the commit fails after the file was placed, the file is
-left where it is: it is content-addressed (a retry adopts it) and, if nothing adopts it,
-retention's ``orphans`` policy removes it after ``orphan_grace_s``. Removing it here would race
-with a concurrent upload of the same bytes that has already seen it. A committed live row thus
-always has its file; the reverse (a file without a live row) is the reconcilable state.
-"""
+"""``MediaStore``: uploads and artifacts stored with their rows, and opened for the API."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import re
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterable
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Row, case, func, select, update
@@ -32,6 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app_patch import store_identity
 from app_patch.file_locks import lock_key
+from app_patch.media.fields import clean_content_type, clean_original_name
+from app_patch.media.opened import OpenedFile
 from app_patch.models import Artifact, MediaFile
 from app_patch.repository import JobNotFoundError, MediaSnapshot
 from app_patch.settings import RetentionSettings
@@ -45,9 +29,6 @@ from app_patch.storage import (
 )
 from app_patch.threads import in_thread
 
-DEFAULT_CONTENT_TYPE = "application/octet-stream"
-_CONTENT_TYPE = re.compile(r"[\w.+-]{1,127}/[\w.+-]{1,127}(\s*;[\x20-\x7e]*)?")
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")  # never kept in text fields
 _FK_VIOLATION = "23503"
 
 
@@ -76,76 +57,6 @@ class StoredArtifact:
     sha256: str
     content_type: str
     expires_at: datetime | None
-
-
-@dataclass
-class OpenedFile:
-    """An open file ready to stream; it stays readable even if retention unlinks it now.
-
-    Iterate ``chunks()`` at most once; ``close()`` is idempotent and must run whatever happens
-    to the response (``chunks()`` closes at its end, the HTTP layer closes in a ``finally``,
-    so a client that leaves before the body is sent leaks no descriptor).
-    """
-
-    storage_key: str
-    sha256: str
-    size_bytes: int
-    content_type: str
-    _storage: Storage = field(repr=False)
-    _fd: int = field(repr=False)
-    _reading: asyncio.Future[bytes] | None = field(default=None, repr=False)
-
-    async def chunks(self, chunk_size: int | None = None) -> AsyncIterator[bytes]:
-        size = chunk_size or self._storage.settings.chunk_bytes
-        try:
-            for _ in range(1 << 40):  # bounded: a chunk per iteration until EOF
-                if self._fd < 0:
-                    raise RuntimeError("file already consumed or closed")
-                self._reading = asyncio.ensure_future(asyncio.to_thread(os.read, self._fd, size))
-                data = await asyncio.shield(self._reading)
-                if not data:
-                    return
-                yield data
-        finally:
-            self.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
-    def close(self) -> None:
-        """Close the fd now, or, while a read in a worker thread still uses it, right after
-        that read: a descriptor number closed under a running read could be reused by another
-        file or socket before the read happens."""
-        fd, self._fd = self._fd, -1
-        if fd < 0:
-            return
-        reading = self._reading
-        if reading is not None and not reading.done():
-            reading.add_done_callback(lambda done: _close_after(done, fd))
-        else:
-            os.close(fd)
-
-
-def _close_after(read: asyncio.Future[bytes], fd: int) -> None:
-    if not read.cancelled():
-        read.exception()  # retrieved: the read's own failure is of no interest any more
-    os.close(fd)
-
-
-def clean_content_type(value: str | None) -> str:
-    """The client's content type if it looks like ``type/subtype[; params]``, else a default."""
-    if value and len(value) <= 255 and _CONTENT_TYPE.fullmatch(value.strip()):
-        return value.strip()
-    return DEFAULT_CONTENT_TYPE
-
-
-def clean_original_name(value: str | None) -> str | None:
-    """Metadata only (never part of a path): control characters dropped, length capped."""
-    if not value:
-        return None
-    cleaned = CONTROL_CHARACTERS.sub("", value).strip()[:1024]
-    return cleaned or None
 
 
 class MediaStore:
@@ -366,7 +277,7 @@ class MediaStore:
                 self.sessions.begin() as session,
             ):
                 await lock_key(session, key)
-                stmt = insert(Artifact).values(
+                stored = StoredArtifact(
                     id=uuid.uuid4(),
                     job_id=job_id,
                     kind=kind,
@@ -374,8 +285,9 @@ class MediaStore:
                     size_bytes=staged.size_bytes,
                     sha256=staged.sha256,
                     content_type=ctype,
-                    expires_at=func.now() + ttl,
+                    expires_at=None,  # the row's is set by the database clock below
                 )
+                stmt = insert(Artifact).values({**asdict(stored), "expires_at": func.now() + ttl})
                 stmt = stmt.on_conflict_do_update(
                     index_elements=[Artifact.storage_key],
                     set_={
@@ -394,16 +306,7 @@ class MediaStore:
             if getattr(exc.orig, "sqlstate", None) == _FK_VIOLATION:
                 raise JobNotFoundError(str(job_id)) from None
             raise
-        return StoredArtifact(
-            id=row.id,
-            job_id=job_id,
-            kind=kind,
-            storage_key=key,
-            size_bytes=staged.size_bytes,
-            sha256=staged.sha256,
-            content_type=ctype,
-            expires_at=row.expires_at,
-        )
+        return replace(stored, id=row.id, expires_at=row.expires_at)
 
     async def open_artifact(self, artifact_id: uuid.UUID) -> OpenedFile:
         """Open a live artifact for streaming; ``MediaNotFoundError`` when there is none."""
