@@ -5,8 +5,8 @@ a temp file before the handler runs, so the size limit was only checked against 
 Content-Length; a chunked body skipped it, and any number of parts of any size was accepted.
 Here the body is never held by the framework:
 
-- ``UploadGate`` (pure ASGI) counts the body bytes each request really delivers, whatever
-  the headers say (chunked included), and ends the request with 413 once
+- ``upload_gate.UploadGate`` (pure ASGI) counts the body bytes each request really delivers,
+  whatever the headers say (chunked included), and ends the request with 413 once
   ``max_upload_bytes + MULTIPART_OVERHEAD_BYTES`` is crossed; it also caps the uploads in
   flight in this process (503 + Retry-After, answered before any body byte is read).
 - ``StreamedForm`` pushes ``request.stream()`` through python-multipart's streaming
@@ -37,22 +37,17 @@ from typing import Any, Literal
 from python_multipart import MultipartParser
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app_patch.media import CONTROL_CHARACTERS
-from app_patch.storage import Storage, UploadTooLargeError
+from app_patch.storage import Storage
 from app_patch.submission import Submission
 from app_patch.threads import in_thread
 
-UPLOAD_PATH = "/analyses"
-MULTIPART_OVERHEAD_BYTES = 64 * 1024  # boundaries, part headers and the text fields
 MAX_PARTS = 8
 MAX_FIELD_BYTES = 1024
 MAX_PART_HEADERS = 4  # Content-Disposition, Content-Type and a little slack
 MAX_PART_HEADER_BYTES = 2048  # one header line: room for a long (percent-encoded) file name
 CLIENT_REF_MAX_CHARS = 255
-RETRY_AFTER_S = "5"
 FILE_FIELD, TYPE_FIELD, REF_FIELD = "file", "analysis_type", "client_ref"
 TEXT_FIELDS = frozenset({TYPE_FIELD, REF_FIELD})
 
@@ -64,86 +59,6 @@ class UploadRefusedError(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
-
-
-class BodyTooLargeError(UploadTooLargeError):
-    """The request body crossed the byte limit, whatever its headers declared (413)."""
-
-
-# ---------------------------------------------------------------- the ASGI gate
-
-
-def _route_path(scope: Scope) -> str:
-    """The path the router matches (without a mount's ``root_path``)."""
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    if root and path.startswith(root) and path[len(root) : len(root) + 1] == "/":
-        return path[len(root) :]
-    return path
-
-
-class UploadGate:
-    """Counts every request's body bytes as the app receives them and caps concurrent uploads.
-
-    Counting at the ASGI ``receive`` is the only place that sees every body byte whatever the
-    headers say; a request past the limit gets ``BodyTooLargeError`` from ``receive`` (the
-    handler's staging removes its tmp file as the error passes) and a 413. The upload cap is
-    per process (each worker has its own); a full gate answers 503 without touching the body.
-    """
-
-    def __init__(self, app: ASGIApp, *, max_upload_bytes: int, max_concurrent_uploads: int) -> None:
-        self.app = app
-        self.max_upload_bytes = max_upload_bytes
-        self.max_body_bytes = max_upload_bytes + MULTIPART_OVERHEAD_BYTES
-        self.max_concurrent_uploads = max_concurrent_uploads
-        self.in_flight = 0  # one event loop per app: no lock needed
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        is_upload = scope["method"] == "POST" and _route_path(scope) == UPLOAD_PATH
-        if is_upload and self.in_flight >= self.max_concurrent_uploads:
-            busy = JSONResponse(
-                {"detail": "too many uploads in progress; retry later"},
-                503,
-                {"Retry-After": RETRY_AFTER_S},
-            )
-            await busy(scope, receive, send)
-            return
-        received = 0
-        over = False
-        started = False
-
-        async def counted_receive() -> Message:
-            nonlocal received, over
-            if over:  # never hand out another byte of a refused body
-                raise BodyTooLargeError(self.max_upload_bytes)
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    over = True
-                    raise BodyTooLargeError(self.max_upload_bytes)
-            return message
-
-        async def watched_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        if is_upload:
-            self.in_flight += 1
-        try:
-            await self.app(scope, counted_receive, watched_send)
-        except BodyTooLargeError as exc:
-            if started:  # too late for a 413: let the server close the connection
-                raise
-            await JSONResponse({"detail": str(exc)}, 413)(scope, receive, send)
-        finally:
-            if is_upload:
-                self.in_flight -= 1
 
 
 # ---------------------------------------------------------------- free space

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from app_patch import ingest
+from app_patch import ingest, upload_gate
 from app_patch.breaker import DependencyUnavailableError
 from app_patch.deps import RuntimeDep
 from app_patch.media import MediaNotFoundError, OpenedFile
@@ -26,7 +26,7 @@ from app_patch.submission import EmptyUploadError, Outcome
 
 router = APIRouter()
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
-RETRY_AFTER_S = ingest.RETRY_AFTER_S
+RETRY_AFTER_S = upload_gate.RETRY_AFTER_S
 
 
 class ErrorBody(BaseModel):

@@ -18,7 +18,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app_patch import health, routes
 from app_patch.access import AccessGuard
 from app_patch.breaker import DependencyUnavailableError
-from app_patch.ingest import MULTIPART_OVERHEAD_BYTES, UploadGate
 from app_patch.logs import configure_logging
 from app_patch.metrics import Metrics
 from app_patch.runtime import close_runtime, open_runtime
@@ -27,6 +26,7 @@ from app_patch.settings import Settings, get_settings
 from app_patch.storage import StorageKeyError, StorageUnavailableError, UploadTooLargeError
 from app_patch.store_identity import StoreMismatchError
 from app_patch.submission import Analyser
+from app_patch.upload_gate import MULTIPART_OVERHEAD_BYTES, UploadGate
 
 log = structlog.get_logger(__name__)
 REQUEST_ID_HEADER = "X-Request-ID"

@@ -18,14 +18,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app_patch.ingest import MAX_PARTS, MULTIPART_OVERHEAD_BYTES
+from app_patch.ingest import MAX_PARTS
 from app_patch.settings import Settings
-from tests.integration.api.conftest import flush_redis
+from app_patch.upload_gate import MULTIPART_OVERHEAD_BYTES
 from tests.integration.api.harness import (
     LiveApp,
     describe,
+    fresh_settings,
     job_rows,
-    make_settings,
     running_app,
     unique_text,
     upload,
@@ -134,8 +134,7 @@ async def assert_refused(live: LiveApp, response: httpx.Response, status: int) -
 def small_settings(
     migrated_url: str, redis_url: str, tmp_path: Path, max_upload_bytes: int
 ) -> Settings:
-    flush_redis(redis_url)
-    return make_settings(
+    return fresh_settings(
         db_url=migrated_url,
         redis_url=redis_url,
         data_dir=tmp_path,
