@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from bench.parsers import percentile
+from bench.stats import percentile
 
 CONNECT_TIMEOUT_S = 10.0
 REQUEST_TIMEOUT_S = 60.0

@@ -1,12 +1,10 @@
-"""Parsers for the reference tools' output (pgbench, redis-benchmark) and latency maths."""
+"""Parsers for the reference tools' output (pgbench, redis-benchmark)."""
 
 from __future__ import annotations
 
 import csv
 import io
-import math
 import re
-from collections.abc import Sequence
 
 _PGBENCH_TPS = re.compile(r"^tps = ([0-9.]+) \((without initial connection time|excluding)")
 _PGBENCH_TPS_ANY = re.compile(r"^tps = ([0-9.]+)")
@@ -59,13 +57,3 @@ def redis_benchmark_rps(output: str, test: str = "GET") -> float:
         if name.upper() == test.upper() or name.upper().startswith(f"{test.upper()}:"):
             return float(value)
     raise ValueError(f"no {test} row in redis-benchmark output")
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in [0, 100]) of an already sorted sequence."""
-    if not sorted_values:
-        raise ValueError("no values")
-    if not 0 <= q <= 100:
-        raise ValueError("q must be within [0, 100]")
-    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
-    return float(sorted_values[rank - 1])

@@ -237,18 +237,19 @@ def run(env: BenchEnv, quick: bool) -> BenchResult:
                 note="make the tree (+ COPY the rows for ours), sync",
             )
         )
+    params = {
+        "files": sizes.files,
+        "file_bytes": FILE_BYTES,
+        "batch_size": RetentionSettings().batch_size,
+        "repetitions": sizes.repetitions,
+        "disk_dir": f"{disk_dir(env)} ({filesystem_of(disk)})",
+    }
     return BenchResult(
         name=NAME,
         title=TITLE,
         series=series,
         ratios=ratios,
-        params={
-            "files": sizes.files,
-            "file_bytes": FILE_BYTES,
-            "batch_size": RetentionSettings().batch_size,
-            "repetitions": sizes.repetitions,
-            "disk_dir": f"{disk_dir(env)} ({filesystem_of(disk)})",
-        },
+        params=params,
         notes=[
             "Every file is expired; the sweep must delete all of them, leave no live row and "
             "write one retention_events row each (checked after every repetition).",

@@ -27,7 +27,9 @@ from app_patch.retention import Policy, Sweeper
 from app_patch.schemas import HistoryFilter, encode_cursor
 from app_patch.settings import DatabaseSettings, RetentionSettings, StorageSettings
 from app_patch.storage import Storage
-from bench.scale_curve import PlanRecorder, Seeded, plan_nodes, plan_summary, seed, seq_uuid
+from bench.scale_curve.ids import seq_uuid
+from bench.scale_curve.plans import PlanRecorder, plan_nodes, plan_summary
+from bench.scale_curve.seed import Seeded, seed
 from tests.conftest import DatabaseFactory
 
 JOBS = 20_000

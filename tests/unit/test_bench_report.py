@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 from bench import run as bench_run
-from bench.api_load import timeout_counters
+from bench.api_load.server import timeout_counters
 from bench.env import PgTarget, RedisTarget, cpu_model, memory_gib
 from bench.parsers import (
-    percentile,
     pgbench_failed,
     pgbench_latency_ms,
     pgbench_tps,
@@ -36,6 +35,7 @@ from bench.report import (
     write_results,
 )
 from bench.stack_up import phases
+from bench.stats import percentile
 
 PGBENCH_OUTPUT = """\
 pgbench (16.2)
