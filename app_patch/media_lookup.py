@@ -1,6 +1,7 @@
 """Cached reads of stored media by content hash (``GET /media/{sha256}``).
 
-Writers of ``media_files`` (uploads, retention, replays) call ``invalidate`` after their commit.
+The upload path calls ``invalidate`` after it commits a ``media_files`` row; the retention CLI
+drops the same keys (``Kind.media``) for the files a sweep deleted.
 """
 
 from __future__ import annotations
