@@ -3,7 +3,7 @@
 Database at head with every table and index of the models present (read from pg_catalog),
 the API's database role unprivileged (``app_patch.db_roles.role_problems``), Redis answering a
 round trip as the API's user, the storage writable, and the API ready. Each check reports;
-none aborts the others (shown with ``verify_containers.report``).
+none aborts the others (shown with ``infra.verify.report``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from app_patch.cache import PREFIX as CACHE_PREFIX
 from app_patch.db import libpq_conninfo, normalize_url
 from app_patch.db_roles import role_problems
 from app_patch.models import Base
-from infra.verify_containers import CheckFailed, CheckResult, run_check
+from infra.verify import CheckFailed, CheckResult, run_check
 
 TTL_PROBE_MS = 5000
 

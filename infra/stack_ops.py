@@ -38,7 +38,7 @@ from infra.in_stack import ContainerTarget, FileStoreTarget, LocalTarget, StackN
 from infra.progress import Progress
 from infra.smoke import SmokeTarget, run_smoke
 from infra.stack import build_stack
-from infra.verify_containers import CheckResult
+from infra.verify import CheckResult
 
 __all__ = ["NOTHING_STARTED", "StackEndpoints"]
 CONTAINER_ENGINES = {EngineKind.COMPOSE, EngineKind.PULUMI}
@@ -294,7 +294,7 @@ def verify(endpoints: StackEndpoints) -> list[CheckResult]:
     engine = engines.get(endpoints.engine)
     engine_results = engine.checks(endpoints)
     local_storage: Path | None = None
-    app_url = None  # containers: verify_containers checks the API's own URL file
+    app_url = None  # containers: infra.verify checks the API's own URL file
     if endpoints.engine is EngineKind.EMBEDDED:
         local_storage = get_settings().storage.root
         app_url = endpoints.app_database_url

@@ -61,7 +61,7 @@ def build_images(c: Context) -> None:
 @task
 def verify_containers(c: Context) -> None:
     """testinfra checks of the running containers; non-zero exit when any fails."""
-    from infra import verify_containers as checks
+    from infra import verify as checks
 
     with task_errors():
         code = checks.report(checks.run_checks(), console)

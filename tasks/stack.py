@@ -147,7 +147,7 @@ def verify(c: Context) -> None:
 
 def _verify_or_exit(endpoints: StackEndpoints) -> None:
     from infra import stack_ops
-    from infra.verify_containers import report
+    from infra.verify import report
 
     with task_errors():
         results = stack_ops.verify(endpoints)

@@ -20,7 +20,7 @@ from app_patch.errors import OperatorError
 if TYPE_CHECKING:
     from infra.engines.record import StackRecord
     from infra.progress import Progress
-    from infra.verify_containers import CheckResult
+    from infra.verify import CheckResult
 
 
 class EngineKind(StrEnum):

@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from infra import local_api
 from infra.engines import record
-from infra.engines.base import (
-    DeployRequest,
-    DownPlan,
-    EngineError,
-    EngineKind,
-    StackEndpoints,
-    UpRequest,
-)
+from infra.engines.base import DownPlan, EngineError, EngineKind, StackEndpoints
 from infra.progress import Progress
-from infra.verify_containers import CheckResult
+from infra.verify import CheckResult
+
+if TYPE_CHECKING:
+    from infra.engines.base import DeployRequest, UpRequest
+
+NO_DEPLOY = (
+    "invoke deploy rolls API containers behind the proxy: the embedded engine has one "
+    "local API process (restart it with invoke down && invoke up)"
+)
 
 
 class EmbeddedEngine:
@@ -50,11 +51,7 @@ class EmbeddedEngine:
         from app_patch.settings import get_settings
         from app_patch.target import embedded_urls
 
-        previous = record.load()
-        if previous is not None and previous.engine is not self.kind:
-            raise EngineError(
-                f"this checkout runs a {previous.engine} stack: run invoke down first"
-            )
+        record.load_for(self.kind)
         settings = get_settings()
         host, port = settings.api.host, request.api_port or settings.api.port
         local_api.check_can_start(host, port)  # before any server starts
@@ -118,10 +115,7 @@ class EmbeddedEngine:
     def deploy(
         self, recorded: record.StackRecord, request: DeployRequest, progress: Progress
     ) -> None:
-        raise EngineError(
-            "invoke deploy rolls API containers behind the proxy: the embedded engine has one "
-            "local API process (restart it with invoke down && invoke up)"
-        )
+        raise EngineError(NO_DEPLOY)
 
     def checks(self, endpoints: StackEndpoints) -> list[CheckResult]:
         """The local API the stack records must run and answer as ours (its instance id):

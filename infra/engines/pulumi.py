@@ -21,7 +21,7 @@ import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from contextlib import closing
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from docker.errors import NotFound
 
@@ -29,20 +29,22 @@ from app_patch.settings import PROJECT_ROOT
 from infra import docker_host
 from infra.config import ConfigError, StackConfig, config_from_source, pulumi_key
 from infra.engines import containers, record
-from infra.engines.base import (
-    DeployRequest,
-    DownPlan,
-    EngineError,
-    EngineKind,
-    StackEndpoints,
-    UpRequest,
-)
-from infra.progress import CommandFailed, Progress, run_streaming
+from infra.engines.base import DownPlan, EngineError, EngineKind, StackEndpoints
+from infra.engines.cli import stream_cli
+from infra.progress import CommandFailed, Progress
 from infra.stack import build_stack
-from infra.verify_containers import CheckResult, run_checks
+from infra.verify import CheckResult, run_checks
+
+if TYPE_CHECKING:
+    from infra.engines.base import DeployRequest, UpRequest
 
 PROJECT = "media-analysis-kit"  # Pulumi.yaml's name
 CONTAINER_TYPE = "docker:index/container:Container"
+NO_DEPLOY = (
+    "invoke deploy is the compose engine's rolling update; on Pulumi run `invoke up` "
+    "(pulumi up replaces the API containers delete-first: the proxy answers 503 "
+    "while no replica runs)"
+)
 
 
 def _cli() -> str:
@@ -74,15 +76,21 @@ def _run(args: Sequence[str], timeout_s: float = 120) -> str:
 
 def _stream(args: Sequence[str], progress: Progress, timeout_s: float = 1800) -> str:
     """A long Pulumi command (preview, up, destroy), its output streamed to ``progress``."""
-    command = [_cli(), *args, "--non-interactive"]
-    progress.step(" ".join(["pulumi", *args]))
-    try:
-        return run_streaming(command, progress, cwd=PROJECT_ROOT, timeout_s=timeout_s)
-    except CommandFailed as exc:
-        errors = [line.strip() for line in exc.tail.splitlines() if "error:" in line]
-        raise EngineError(f"`pulumi {args[0]}` failed: {(errors or [exc.last_line])[-1]}") from None
-    except TimeoutError as exc:
-        raise EngineError(str(exc)) from None
+    return stream_cli(
+        [_cli(), *args, "--non-interactive"],
+        progress,
+        shown=" ".join(["pulumi", *args]),
+        error=EngineError,
+        failed=lambda exc: f"`pulumi {args[0]}` failed: {_last_error(exc)}",
+        timeout_s=timeout_s,
+        cwd=PROJECT_ROOT,
+    )
+
+
+def _last_error(failed: CommandFailed) -> str:
+    """The last ``error:`` line Pulumi printed, else its last line."""
+    errors = [line.strip() for line in failed.tail.splitlines() if "error:" in line]
+    return (errors or [failed.last_line])[-1]
 
 
 def stack_selected() -> bool:
@@ -173,11 +181,7 @@ class PulumiEngine:
 
     def up(self, request: UpRequest, progress: Progress) -> StackEndpoints:
         docker_host.require_engine()  # the provider talks to the same engine
-        previous = record.load()
-        if previous is not None and previous.engine is not self.kind:
-            raise EngineError(
-                f"this checkout runs a {previous.engine} stack: run invoke down first"
-            )
+        record.load_for(self.kind)
         stack = self._stack_name()
         owner = owner_of(stack)
         config = self._config()
@@ -236,11 +240,7 @@ class PulumiEngine:
     def deploy(
         self, recorded: record.StackRecord, request: DeployRequest, progress: Progress
     ) -> None:
-        raise EngineError(
-            "invoke deploy is the compose engine's rolling update; on Pulumi run `invoke up` "
-            "(pulumi up replaces the API containers delete-first: the proxy answers 503 "
-            "while no replica runs)"
-        )
+        raise EngineError(NO_DEPLOY)
 
     def checks(self, endpoints: StackEndpoints) -> list[CheckResult]:
         recorded = record.load()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.config import DATA_DIR, StackConfig
-from infra.engines.base import EngineKind
+from infra.engines.base import EngineError, EngineKind
 from infra.stack import OWNER_LABEL
 
 __all__ = ["OWNER_LABEL", "StackRecord", "checkout_owner", "clear", "load", "save", "state_file"]
@@ -97,6 +97,15 @@ def load() -> StackRecord | None:
         api_url=raw.get("api_url") or raw.get("local_api"),
         extra={k: v for k, v in raw.get("extra", {}).items()},
     )
+
+
+def load_for(kind: EngineKind) -> StackRecord | None:
+    """The record, like :func:`load`, refusing one of another engine's stack (an
+    :class:`EngineError`): ``up`` of one engine never starts beside another's stack."""
+    previous = load()
+    if previous is not None and previous.engine is not kind:
+        raise EngineError(f"this checkout runs a {previous.engine} stack: run invoke down first")
+    return previous
 
 
 def save(record: StackRecord) -> Path:
