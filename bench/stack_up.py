@@ -196,7 +196,7 @@ def run(env: BenchEnv, quick: bool) -> BenchResult:
     result.params = {"repetitions": len(cold), "first_with_build": sizes.build_first}
     result.notes = [
         "No raw limit is measured for this one: the phases show where the time goes. "
-        "Docker reports health only every healthcheck interval (5 s in infra/stack.py), so "
+        "Docker reports health only every healthcheck interval (5 s in infra/stack/), so "
         "each wait rounds up to the next check.",
     ]
     return result

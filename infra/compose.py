@@ -32,7 +32,7 @@ PROJECT_LABEL = "com.docker.compose.project"
 DEFAULT_PATH = PROJECT_ROOT / "infra" / "rendered" / "compose.yml"
 
 HEADER = """\
-# Rendered by infra/compose.py from infra/stack.py -- do not edit, re-render instead
+# Rendered by infra/compose.py from infra/stack/ -- do not edit, re-render instead
 # (`invoke compose`). No secret is in this file: the `secrets:` files it mounts are written
 # by `invoke secrets` / `invoke up` (mode 0400, owned by the container user that reads them).
 """

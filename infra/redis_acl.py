@@ -4,7 +4,7 @@ Why: the API used to log in as ``default``, which may run FLUSHALL, CONFIG SET, 
 DEBUG and read ``requirepass`` back with CONFIG GET. Now the image's entrypoint disables
 ``default`` and declares two users from these rules (passwords stored only as SHA-256):
 
-* the app user: keys ``ma:v1:*`` only, and exactly the commands ``app_patch/cache.py`` sends.
+* the app user: keys ``ma:v1:*`` only, and exactly the commands ``app_patch/cache/client.py`` sends.
   Those are ``GET`` and ``PING`` directly, ``EVALSHA`` for its registered Lua scripts
   (``SCRIPT LOAD`` when Redis answers NOSCRIPT) and, inside the scripts, ``GET``, ``SET``,
   ``INCR`` and ``INCRBY`` (Redis checks a script's calls against the caller's ACL too).
