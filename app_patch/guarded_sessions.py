@@ -1,4 +1,5 @@
-"""Database work behind a guard (the PostgreSQL breaker): one transaction or one read at a time."""
+"""Database work behind a guard (the PostgreSQL breaker): one transaction or one read at a time,
+and the base of the services that pair it with the Redis cache."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app_patch.cache import RedisCache
 
 T = TypeVar("T")
 
@@ -50,3 +53,17 @@ class GuardedSessions:
                 return await query(session)
 
         return await self._guard(in_session)
+
+
+class CachedService:
+    """Base of the use cases that go to PostgreSQL through ``GuardedSessions`` and keep the
+    Redis cache in step (``service.HistoryService``, ``media_lookup.MediaLookup``)."""
+
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        cache: RedisCache,
+        guard: DatabaseGuard = unguarded,
+    ):
+        self._db = GuardedSessions(session_factory, guard)
+        self.cache = cache

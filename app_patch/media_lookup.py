@@ -7,25 +7,16 @@ drops the same keys (``Kind.media``) for the files a sweep deleted.
 from __future__ import annotations
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from app_patch.cache import MEDIA_PLACEMENT, Kind, RedisCache
-from app_patch.guarded_sessions import DatabaseGuard, GuardedSessions, unguarded
+from app_patch.cache import MEDIA_PLACEMENT, Kind
+from app_patch.guarded_sessions import CachedService
 from app_patch.models import MediaFile
 from app_patch.schemas import MediaOut
 
 
-class MediaLookup:
+class MediaLookup(CachedService):
     """A live (not deleted) media file's metadata, read through the cache."""
-
-    def __init__(
-        self,
-        session_factory: async_sessionmaker[AsyncSession],
-        cache: RedisCache,
-        guard: DatabaseGuard = unguarded,
-    ):
-        self._db = GuardedSessions(session_factory, guard)
-        self.cache = cache
 
     async def get(self, sha256: str) -> MediaOut | None:
         """A live (not deleted) media file by content hash."""

@@ -10,16 +10,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
 from app_patch import repository as repo
 from app_patch.cache import (
     RESULT_PLACEMENT,
     Kind,
-    RedisCache,
     job_placement,
 )
-from app_patch.guarded_sessions import DatabaseGuard, GuardedSessions, unguarded
+from app_patch.guarded_sessions import CachedService
 from app_patch.repository import NewJob
 from app_patch.schemas import (
     HistoryFilter,
@@ -31,21 +28,12 @@ from app_patch.schemas import (
 )
 
 
-class HistoryService:
+class HistoryService(CachedService):
     """Cached reads and write-through writes of jobs, results and history pages.
 
     Every database operation (writes and cache-miss loads) runs through ``guard``, so with a
     breaker an outage surfaces as ``DependencyUnavailableError`` while cached reads still hit.
     """
-
-    def __init__(
-        self,
-        session_factory: async_sessionmaker[AsyncSession],
-        cache: RedisCache,
-        guard: DatabaseGuard = unguarded,
-    ):
-        self._db = GuardedSessions(session_factory, guard)
-        self.cache = cache
 
     # ---- writes --------------------------------------------------------------------------
 

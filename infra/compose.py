@@ -159,6 +159,22 @@ def _relative(path: Path, base_dir: Path) -> str:
     return Path(os.path.relpath(path.resolve(), base_dir.resolve())).as_posix()
 
 
+def _process(service: Service) -> dict[str, Any]:
+    """The command and environment, ``$`` escaped (the same in a compose and a stack file)."""
+    rendered: dict[str, Any] = {}
+    if service.command is not None:
+        rendered["command"] = [_escape(part) for part in service.command]
+    if service.env:
+        rendered["environment"] = {key: _escape(value) for key, value in service.env.items()}
+    return rendered
+
+
+def _networks(service: Service) -> dict[str, Any]:
+    return {
+        attachment.network: {"aliases": list(attachment.aliases)} for attachment in service.networks
+    }
+
+
 def _service(service: Service, base_dir: Path) -> dict[str, Any]:
     rendered: dict[str, Any] = {"container_name": service.name, "image": service.image}
     if service.build is not None:
@@ -168,18 +184,13 @@ def _service(service: Service, base_dir: Path) -> dict[str, Any]:
             "dockerfile": service.build.dockerfile,
             "args": {key: _escape(value) for key, value in service.build.args.items()},
         }
-    if service.command is not None:
-        rendered["command"] = [_escape(part) for part in service.command]
-    if service.env:
-        rendered["environment"] = {key: _escape(value) for key, value in service.env.items()}
+    rendered |= _process(service)
     if service.secret_files:
         rendered["secrets"] = [
             {"source": secret_key(service.name, f.name), "target": f.name}
             for f in service.secret_files
         ]
-    rendered["networks"] = {
-        attachment.network: {"aliases": list(attachment.aliases)} for attachment in service.networks
-    }
+    rendered["networks"] = _networks(service)
     if service.volumes:
         rendered["volumes"] = [
             {"type": "volume", "source": mount.volume, "target": mount.target}
@@ -224,10 +235,7 @@ def _service(service: Service, base_dir: Path) -> dict[str, Any]:
 def _swarm_service(service: Service) -> dict[str, Any]:
     """One service of a stack file (see the module docstring for what differs)."""
     rendered: dict[str, Any] = {"image": service.image}
-    if service.command is not None:
-        rendered["command"] = [_escape(part) for part in service.command]
-    if service.env:
-        rendered["environment"] = {key: _escape(value) for key, value in service.env.items()}
+    rendered |= _process(service)
     if service.secret_files:
         rendered["secrets"] = [
             {
@@ -239,9 +247,7 @@ def _swarm_service(service: Service) -> dict[str, Any]:
             }
             for f in service.secret_files
         ]
-    rendered["networks"] = {
-        attachment.network: {"aliases": list(attachment.aliases)} for attachment in service.networks
-    }
+    rendered["networks"] = _networks(service)
     mounts = [
         {"type": "volume", "source": mount.volume, "target": mount.target}
         | ({"read_only": True} if mount.read_only else {})

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 from collections.abc import Sequence
+from typing import TypedDict, Unpack
 
 from app_patch.errors import OperatorError
 from app_patch.retention.policies import Policy, parse_policies
@@ -16,14 +17,15 @@ from app_patch.settings import Settings
 from app_patch.storage import Storage, StorageUnavailableError
 
 
-async def run_sweep(
-    settings: Settings,
-    url: str,
-    *,
-    dry_run: bool = False,
-    policies: Sequence[Policy] | None = None,
-    on_progress: ProgressCallback | None = None,
-) -> SweepReport:
+class SweepOptions(TypedDict, total=False):
+    """What a caller may choose about one sweep (every key optional)."""
+
+    dry_run: bool
+    policies: Sequence[Policy] | None
+    on_progress: ProgressCallback | None
+
+
+async def run_sweep(settings: Settings, url: str, **options: Unpack[SweepOptions]) -> SweepReport:
     """Sweep the configured database and storage root (what ``invoke retention`` runs).
 
     The root's identity is checked before anything is created in it. A dry run builds the
@@ -36,6 +38,7 @@ async def run_sweep(
     from app_patch.metrics import record_sweep
     from app_patch.server_urls import redis_url
 
+    dry_run = options.get("dry_run", False)
     cache = RedisCache(settings, redis_url(settings))
 
     async def forget(sha256s: list[str]) -> None:
@@ -50,7 +53,9 @@ async def run_sweep(
             if not dry_run:
                 sweeper.storage = await Storage.open(settings.storage, clean_tmp=False)
             report = await sweeper.sweep(
-                dry_run=dry_run, policies=policies, on_progress=on_progress
+                dry_run=dry_run,
+                policies=options.get("policies"),
+                on_progress=options.get("on_progress"),
             )
             if not dry_run:  # for /metrics: this process is never scraped
                 record_sweep(sweeper.storage.root, report.error_count)
@@ -59,20 +64,11 @@ async def run_sweep(
         await cache.close()
 
 
-def sweep_configured(
-    settings: Settings,
-    url: str,
-    *,
-    dry_run: bool = False,
-    policies: Sequence[Policy] | None = None,
-    on_progress: ProgressCallback | None = None,
-) -> SweepReport:
+def sweep_configured(settings: Settings, url: str, **options: Unpack[SweepOptions]) -> SweepReport:
     """``run_sweep`` for command lines: an unusable store becomes a one-line ``OperatorError``
     (a store that is not the database's raises ``StoreMismatchError``, one line too)."""
     try:
-        return asyncio.run(
-            run_sweep(settings, url, dry_run=dry_run, policies=policies, on_progress=on_progress)
-        )
+        return asyncio.run(run_sweep(settings, url, **options))
     except StorageUnavailableError as exc:
         raise OperatorError(str(exc)) from None
 
