@@ -8,6 +8,7 @@ as secrets) and the monitor records each resource's dependencies.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,7 +86,7 @@ class RecordingMonitor(MockMonitor):
             delete_before_replace=bool(request.deleteBeforeReplace),
             ignore_changes=tuple(request.ignoreChanges),
         )
-        return super().RegisterResource(request)
+        return MockMonitor.RegisterResource(self, request)
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,6 @@ def run_program(
     pulumi.runtime.set_all_config(config, [f"{PROJECT}:{key}" for key in secrets])
     holder: dict[str, Any] = {}
 
-    @pulumi.runtime.test
     def program() -> pulumi.Output[Any]:
         declared = declare(pulumi.Config())
         holder["program"] = declared
@@ -158,7 +158,7 @@ def run_program(
             lambda values: holder.update(outputs=values[0])
         )
 
-    program()
+    run_mocked(program)
     return Run(
         holder["program"],
         mocks.resources,
@@ -168,6 +168,12 @@ def run_program(
         mocks.image_tags,
         holder["outputs"],
     )
+
+
+def run_mocked(program: Callable[[], pulumi.Output[Any]]) -> None:
+    """Run ``program`` under the mocks as ``@pulumi.runtime.test`` does (its Output awaited);
+    called, not used as a decorator, since the SDK's decorator is untyped."""
+    pulumi.runtime.test(program)()
 
 
 def is_secret(value: Any) -> bool:

@@ -5,8 +5,8 @@ after an API restart), and retention accepting the restored store. Then the same
 servers shared with a second checkout in external mode: its backup, and its restore with
 ``--force``.
 
-Destructive for this project's containers and volumes on the host, like
-``test_docker_stack.py`` (whose helpers it uses).
+Destructive for this project's containers and volumes on the host, like the other docker
+tests (``tests/infra/support.py``).
 """
 
 from __future__ import annotations
@@ -21,55 +21,33 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 from PIL import Image
-from psycopg import sql
 
-from app_patch.db import libpq_url
-from infra import docker_host, images, secrets_file
-from infra.config import StackConfig, config_to_env
+from infra import docker_host
+from infra.config import StackConfig
 from infra.engines import EngineKind, containers, record
-from infra.loopback import free_port
-from infra.progress import Lines
 from infra.stack import STORAGE_ROOT, build_stack
-from tests.infra.test_docker_stack import (
+from tests.db_fingerprint import fingerprint
+from tests.infra.support import (
     Deployed,
-    _clean_slate,
-    _down,
-    _invoke,
-    _operator_env,
-    _passwords,
-    _png,
-    _up,
-    api_key,
+    compose_down,
+    compose_up,
+    deployed_stack,
+    invoke,
+    operator_env,
 )
+from tests.infra.traffic import png
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
-COMPARED = ("analysis_jobs", "analysis_results", "media_files", "artifacts", "retention_events")
 N_UPLOADS = 20
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
-    state_file = tmp_path_factory.mktemp("backup-state") / "infra-stack.json"
-    secrets_root = tmp_path_factory.mktemp("backup-secrets")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MA_INFRA_STATE_FILE", str(state_file))
-        patch.setattr(secrets_file, "SECRETS_ROOT", secrets_root)
-        docker_host.require_engine()
-        images.seed_base_image(progress=Lines())
-        config = StackConfig(api_host_port=free_port())
-        _clean_slate(config)
-        images.build_all(build_stack(config), progress=Lines())
-        passwords = _passwords()
-        endpoints = _up(config, passwords)
-        try:
-            yield Deployed(config, passwords, endpoints, {})
-        finally:
-            _down(volumes=True)
-            _clean_slate(config)
+    with deployed_stack(tmp_path_factory, "backup") as deployed:
+        yield deployed
 
 
 def _jpeg(seed: int) -> bytes:
@@ -91,25 +69,12 @@ def _wav(seed: int) -> bytes:
 def _mixed(i: int) -> tuple[str, bytes, str]:
     kind = i % 4
     if kind == 0:
-        return f"p{i}.png", _png((i * 9 % 256, 40, 90), (32 + i, 24)), "image/png"
+        return f"p{i}.png", png((i * 9 % 256, 40, 90), (32 + i, 24)), "image/png"
     if kind == 1:
         return f"j{i}.jpg", _jpeg(i), "image/jpeg"
     if kind == 2:
         return f"w{i}.wav", _wav(i), "audio/wav"
     return f"t{i}.txt", f"text upload {i}\n".encode() * (i + 1), "text/plain"
-
-
-def _fingerprint(url: str) -> dict[str, tuple[int, str | None]]:
-    with psycopg.connect(libpq_url(url), connect_timeout=10) as conn:
-        found: dict[str, tuple[int, str | None]] = {}
-        for table in COMPARED:
-            query = sql.SQL(
-                "SELECT count(*), md5(string_agg(t::text, '|' ORDER BY t::text)) FROM {} t"
-            ).format(sql.Identifier(table))
-            row = conn.execute(query).fetchone()
-            assert row is not None
-            found[table] = (int(row[0]), row[1])
-    return found
 
 
 _HASH_STORE = f"""
@@ -140,7 +105,7 @@ def _sets(directory: Path) -> list[Path]:
 
 def _ok(args: list[str], env: dict[str, str]) -> tuple[str, float]:
     started = time.monotonic()
-    done = _invoke(args, env)
+    done = invoke(args, env)
     elapsed = time.monotonic() - started
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout, elapsed
@@ -149,7 +114,7 @@ def _ok(args: list[str], env: dict[str, str]) -> tuple[str, float]:
 def test_backup_down_volumes_up_restore_is_identical(stack: Deployed, tmp_path: Path) -> None:
     assert stack.endpoints.api_url is not None
     uploads: dict[str, bytes] = {}
-    with httpx.Client(base_url=stack.endpoints.api_url, headers=api_key(stack), timeout=60) as c:
+    with httpx.Client(base_url=stack.endpoints.api_url, headers=stack.headers, timeout=60) as c:
         for i in range(N_UPLOADS):
             name, body, ctype = _mixed(i)
             answer = c.post("/analyses", files={"file": (name, body, ctype)},
@@ -157,12 +122,12 @@ def test_backup_down_volumes_up_restore_is_identical(stack: Deployed, tmp_path: 
             assert answer.status_code == 201, answer.text
             uploads[hashlib.sha256(body).hexdigest()] = body
     assert len(uploads) == N_UPLOADS
-    rows = _fingerprint(stack.endpoints.database_url)
+    rows = fingerprint(stack.endpoints.database_url)
     assert rows["analysis_jobs"][0] == N_UPLOADS and rows["media_files"][0] == N_UPLOADS
     files = _store_hashes(stack.config)
     assert sorted(files.values()) == sorted(uploads)
 
-    env = {**_operator_env(stack), **config_to_env(stack.config)}
+    env = operator_env(stack.passwords, stack.config)
     backups = tmp_path / "backups"
     out, backup_s = _ok(["backup", "--to", str(backups)], env)
     [made] = _sets(backups)
@@ -182,29 +147,29 @@ def test_backup_down_volumes_up_restore_is_identical(stack: Deployed, tmp_path: 
     endpoints = record.load()
     assert endpoints is not None
     fresh_url = _owner_url(stack)
-    assert _fingerprint(fresh_url)["analysis_jobs"][0] == 0
+    assert fingerprint(fresh_url)["analysis_jobs"][0] == 0
 
     out, restore_s = _ok(["restore", str(made)], env)
     assert "restored" in out
-    assert _fingerprint(fresh_url) == rows
+    assert fingerprint(fresh_url) == rows
     assert _store_hashes(stack.config) == files
 
     api = stack.endpoints.api_url
-    with httpx.Client(base_url=api, headers=api_key(stack), timeout=60) as c:
+    with httpx.Client(base_url=api, headers=stack.headers, timeout=60) as c:
         for sha, body in uploads.items():
             answer = c.get(f"/media/{sha}/content")
             assert answer.status_code == 200 and answer.content == body, sha
     subprocess.run(["docker", "restart", stack.config.api_name], check=True,
                    capture_output=True, timeout=120)  # fmt: skip
     docker_host.wait_healthy([stack.config.api_name], timeout_s=180)
-    with httpx.Client(base_url=api, headers=api_key(stack), timeout=60) as c:
+    with httpx.Client(base_url=api, headers=stack.headers, timeout=60) as c:
         ready = c.get("/health/ready").json()
         assert ready["checks"]["storage"] == "ok", ready
         sha = next(iter(uploads))
         assert c.get(f"/media/{sha}/content").content == uploads[sha]
         name, body, ctype = _mixed(99)
         assert c.post("/analyses", files={"file": (name, body, ctype)}).status_code == 201
-    sweep = _invoke(["retention", "--dry-run"], env)  # the restored store is the database's
+    sweep = invoke(["retention", "--dry-run"], env)  # the restored store is the database's
     assert sweep.returncode == 0, sweep.stdout + sweep.stderr
     print(f"docker drill timings: backup {backup_s:.1f} s, restore {restore_s:.1f} s "
           f"({N_UPLOADS} files, {sum(len(b) for b in uploads.values()):,} bytes)")  # fmt: skip
@@ -231,20 +196,20 @@ def test_external_mode_backup_and_forced_restore(stack: Deployed, tmp_path: Path
     second = tmp_path / "second" / "infra-stack.json"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MA_INFRA_STATE_FILE", str(second))
-        _up(external, stack.passwords)
+        compose_up(external, stack.passwords)
         try:
-            env = {**_operator_env(stack), **config_to_env(external)}
+            env = operator_env(stack.passwords, external)
             backups = tmp_path / "backups"
             _, backup_s = _ok(["backup", "--to", str(backups)], env)
             [mine] = _sets(backups)
             manifest = json.loads((mine / "manifest.json").read_text())
             assert {f["path"] for f in manifest["files"]} >= set(stack.shared["files"])
-            refused = _invoke(["restore", str(made)], env)
+            refused = invoke(["restore", str(made)], env)
             assert refused.returncode == 1 and "not empty" in refused.stderr, refused.stderr
             _, restore_s = _ok(["restore", str(made), "--force"], env)
-            assert _fingerprint(_owner_url(stack, external)) == stack.shared["rows"]
+            assert fingerprint(_owner_url(stack, external)) == stack.shared["rows"]
             on_disk = _store_hashes(external)
             assert all(on_disk[k] == v for k, v in stack.shared["files"].items())
             print(f"external mode: backup {backup_s:.1f} s, forced restore {restore_s:.1f} s")
         finally:
-            _down()
+            compose_down()

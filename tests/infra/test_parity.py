@@ -12,7 +12,7 @@ import pytest
 
 from infra import compose, secrets_file
 from infra.config import STACK_SECRETS, StackConfig, config_from_source, pulumi_key
-from infra.pulumi_program import SECRETS_REVISION_LABEL
+from infra.pulumi_resources import SECRETS_REVISION_LABEL
 from infra.stack import build_stack
 from tests.infra.pulumi_harness import (
     PASSWORDS,

@@ -15,7 +15,7 @@ import yaml
 
 from app_patch.settings import PROJECT_ROOT
 from infra.config import STACK_SECRETS, StackConfig, config_from_source, pulumi_key
-from infra.pulumi_program import (
+from infra.pulumi_resources import (
     NETWORK_IGNORE_CHANGES,
     SECRETS_REVISION_LABEL,
     VOLUME_IGNORE_CHANGES,
@@ -38,6 +38,7 @@ from tests.infra.pulumi_harness import (
     env_of,
     fresh_event_loop,
     is_secret,
+    run_mocked,
     run_program,
     secret_files_of,
     unwrap,
@@ -397,12 +398,11 @@ def test_project_file_entry_point_runs_the_program() -> None:
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack="dev", preview=False)
     pulumi.runtime.set_all_config({f"{PROJECT}:{key}": value for key, value in PASSWORDS.items()})
 
-    @pulumi.runtime.test
     def program() -> pulumi.Output[None]:
         runpy.run_path(str(PROJECT_ROOT / project["main"]), run_name="__main__")
         return pulumi.Output.from_input(None)
 
-    program()
+    run_mocked(program)
     assert {r.name for r in mocks.resources if r.typ == CONTAINER} == {
         PG, REDIS, API, LOADER, PROXY
     }  # fmt: skip

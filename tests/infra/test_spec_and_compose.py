@@ -11,10 +11,12 @@ import yaml
 from dotenv import dotenv_values
 from rich.console import Console
 
+from app_patch.settings import PROJECT_ROOT
 from infra import compose, secrets_file
 from infra.config import (
     STACK_SECRETS,
     ConfigError,
+    Mode,
     StackConfig,
     config_from_env,
     env_key,
@@ -37,7 +39,7 @@ from infra.spec import (
     Stack,
 )
 from infra.stack import API_UID, build_stack
-from infra.verify_containers import report, run_checks
+from infra.verify import report, run_checks
 
 SECRETS = {
     "postgres_password": "p$ss word",
@@ -118,7 +120,7 @@ def test_one_list_of_stack_secrets_drives_every_source() -> None:
 
 
 @pytest.mark.parametrize("mode", ["managed", "external"])
-def test_no_container_gets_a_secret_in_its_environment(mode: str) -> None:
+def test_no_container_gets_a_secret_in_its_environment(mode: Mode) -> None:
     spec = build_stack(StackConfig(mode=mode))
     for service in spec.services:
         env = " ".join(f"{key}={value}" for key, value in service.env.items())
@@ -153,7 +155,7 @@ def test_compose_file_has_no_secret_values_and_escapes_dollars(tmp_path: Path) -
     assert redis["environment"]["REDIS_PASSWORD_FILE"] == "/run/secrets/redis_password"
     # Build contexts are relative to the file, so the rendered file can be moved with the repo.
     api_build = document["services"]["media-analysis-api"]["build"]
-    assert (path.parent / api_build["context"]).resolve() == compose.REPO_ROOT
+    assert (path.parent / api_build["context"]).resolve() == PROJECT_ROOT
     assert api_build["dockerfile"] == "infra/images/api/Dockerfile"
 
 

@@ -10,34 +10,38 @@ volumes before and after.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 
-from app_patch.db import libpq_url
-from app_patch.settings import PROJECT_ROOT
+from app_patch.db import libpq_conninfo
 from infra import docker_host, images
-from infra.config import StackConfig, config_to_env, env_key
+from infra.config import StackConfig
 from infra.engines import swarm
 from infra.loopback import free_port
 from infra.progress import Lines
 from infra.stack import STORAGE_NODE_LABEL, build_stack
-from tests.infra.test_docker_stack import _passwords, _png
-from tests.infra.test_proxy_docker import Load
+from tests.infra.support import (
+    build_api_image,
+    error_lines,
+    invoke,
+    operator_env,
+    passwords,
+    sick_api_image,
+)
+from tests.infra.traffic import Load, around_load, live, png
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
-INVOKE = Path(sys.prefix) / "bin" / "invoke"
 VOLUMES = ("pg-data", "redis-data", "media-storage")
 
 
@@ -63,25 +67,8 @@ def _docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _invoke(
-    args: list[str], env: dict[str, str], timeout: float = 900
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(INVOKE), *args], cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL,
-        capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
-
-
-def _errors(result: subprocess.CompletedProcess[str]) -> list[str]:
-    return [
-        line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")
-    ]
-
-
-def _live(url: str) -> dict[str, str]:
-    answer = httpx.get(f"{url}/health/live", timeout=5)
-    answer.raise_for_status()
-    return dict(answer.json())
+# A swarm converges slowly: its tasks get a longer bound than the compose tests' default.
+_invoke = partial(invoke, timeout=900)
 
 
 def _remove_volumes() -> None:
@@ -121,16 +108,15 @@ def stack(swarm_mode: None, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     )
     _remove_volumes()
     images.build_all(build_stack(config), progress=Lines())
-    passwords = _passwords()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MA_")}
-    env.update(config_to_env(config))
-    env.update({env_key(name): value for name, value in passwords.items()})
-    env.update(
+    fresh = passwords()
+    env = operator_env(
+        fresh,
+        config,
         MA_INFRA_STATE_FILE=str(state),
         MA_INFRA_SECRETS_DIR=str(secrets_root),
         COLUMNS="160",
     )
-    swarmed = Swarmed(config, passwords, env)
+    swarmed = Swarmed(config, fresh, env)
     try:
         yield swarmed
     finally:
@@ -155,12 +141,12 @@ def test_up_verify_replicas_answer_migrated_once(stack: Swarmed) -> None:
     assert "all " in up.stdout and "checks passed" in up.stdout, up.stdout[-4000:]
     verify = _invoke(["verify"], stack.env)
     assert verify.returncode == 0, verify.stdout[-4000:]
-    instances = Counter(_live(stack.url)["instance"] for _ in range(60))
+    instances = Counter(live(stack.url)["instance"] for _ in range(60))
     stack.figures["instances_seen"] = len(instances)
     assert len(instances) >= 2, instances
     again = _invoke(["migrate"], stack.env)
     assert again.returncode == 0, again.stdout + again.stderr
-    with psycopg.connect(libpq_url(_owner_url(stack)), connect_timeout=10) as conn:
+    with psycopg.connect(libpq_conninfo(_owner_url(stack)), connect_timeout=10) as conn:
         assert conn.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
 
 
@@ -225,35 +211,23 @@ def test_a_task_killed_under_load_is_replaced(stack: Swarmed) -> None:
 
 def test_deploy_under_load_rolls_every_task(stack: Swarmed) -> None:
     stamp = f"swarm-{uuid.uuid4().hex[:6]}"
-    spec = build_stack(stack.config)
-    images.build_all(spec, Lines(), only={stack.config.api_name}, extra_args={"BUILD_STAMP": stamp})
-    started = time.monotonic()
-    with Load(stack.url, stack.headers) as load:
-        time.sleep(2)
-        deployed = _invoke(["deploy", "--no-build"], stack.env)
-        time.sleep(2)
-    stack.figures["deploy_s"] = round(time.monotonic() - started - 4, 1)
+    build_api_image(stack.config, stamp)
+    deploy = partial(_invoke, ["deploy", "--no-build"], stack.env)
+    deployed, load, deploy_s = around_load(stack.url, stack.headers, deploy)
+    stack.figures["deploy_s"] = round(deploy_s, 1)
     stack.figures["deploy_load"] = {
         "ok": load.ok, "failed": len(load.failed), "failures": dict(Counter(load.failed)),
     }  # fmt: skip
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-2000:]
     assert load.ok > 50
-    builds = Counter(_live(stack.url)["build"] for _ in range(30))
+    builds = Counter(live(stack.url)["build"] for _ in range(30))
     assert set(builds) == {stamp}, builds
     stack.figures["stamp"] = stamp
 
 
 def test_deploy_of_a_sick_image_is_rolled_back(stack: Swarmed) -> None:
-    before = _live(stack.url)["build"]
-    api = build_stack(stack.config).service(stack.config.api_name)
-    sick = subprocess.run(
-        ["docker", "build", "-q", "-t", api.image, "-f", "-",
-         str(PROJECT_ROOT / "infra" / "images")],
-        input=f"FROM {api.image}\nCMD [\"sleep\", \"3600\"]\n", capture_output=True, text=True,
-        timeout=300, check=False,
-    )  # fmt: skip
-    assert sick.returncode == 0, sick.stderr
-    try:
+    before = live(stack.url)["build"]
+    with sick_api_image(stack.config, before):
         started = time.monotonic()
         with Load(stack.url, stack.headers) as load:
             failed = _invoke(["deploy", "--no-build", "--timeout", "20"], stack.env)
@@ -261,21 +235,16 @@ def test_deploy_of_a_sick_image_is_rolled_back(stack: Swarmed) -> None:
             "s": round(time.monotonic() - started, 1), "ok": load.ok, "failed": len(load.failed),
         }  # fmt: skip
         assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr
-        lines = _errors(failed)
+        lines = error_lines(failed)
         assert len(lines) == 1 and "rolled" in lines[0], failed.stdout[-3000:]
-        assert {_live(stack.url)["build"] for _ in range(20)} == {before}
+        assert {live(stack.url)["build"] for _ in range(20)} == {before}
         assert _running(stack, stack.config.api_name) == 3
-    finally:
-        images.build_all(
-            build_stack(stack.config), Lines(), only={stack.config.api_name},
-            extra_args={"BUILD_STAMP": before},
-        )  # fmt: skip
 
 
 def test_upload_down_up_keeps_history_and_files_then_down_volumes_removes_them(
     stack: Swarmed,
 ) -> None:
-    body = _png((1, 2, 3), (33, 21))
+    body = png((1, 2, 3), (33, 21))
     with httpx.Client(base_url=stack.url, timeout=30, headers=stack.headers) as api:
         answer = api.post("/analyses", files={"file": ("kept.png", body, "image/png")})
         assert answer.status_code == 201, answer.text
@@ -307,7 +276,7 @@ def test_external_mode_refuses_a_bridge_network(stack: Swarmed) -> None:
         env = {**stack.env, "MA_INFRA_MODE": "external"}
         refused = _invoke(["up", "--engine", "swarm", "--no-build"], env, timeout=120)
         assert refused.returncode == 1, refused.stdout + refused.stderr
-        lines = _errors(refused)
+        lines = error_lines(refused)
         assert len(lines) == 1 and "bridge" in lines[0] and "overlay" in lines[0], lines
         listed = _docker("service", "ls", "--format", "{{.Name}}").stdout.split()
         assert not [n for n in listed if n.startswith("media-analysis")], listed

@@ -11,6 +11,7 @@ import pytest
 from infra import compose, engines
 from infra.config import STACK_SECRETS, ConfigError, StackConfig
 from infra.engines import swarm
+from infra.engines.swarm import cluster
 from infra.stack import STORAGE_CONSTRAINT, build_stack
 
 VALUES = {s.name: f"{s.name}-value-1" for s in STACK_SECRETS}
@@ -94,9 +95,9 @@ def test_choose_never_guesses_swarm(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_bridge_network_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(swarm, "network_driver", lambda name: "bridge")
+    monkeypatch.setattr(cluster, "network_driver", lambda name: "bridge")
     for mode in ("managed", "external"):
-        config = dataclasses.replace(StackConfig(target="swarm"), mode=mode)  # type: ignore[arg-type]
+        config = dataclasses.replace(StackConfig(target="swarm"), mode=mode)
         with pytest.raises(swarm.SwarmError) as refused:
             swarm.check_network(config)
         message = str(refused.value)

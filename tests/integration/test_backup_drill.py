@@ -37,7 +37,6 @@ import httpx
 import psycopg
 import pytest
 from PIL import Image
-from psycopg import sql
 
 from app_patch.db import create_engine, create_session_factory, libpq_url
 from app_patch.media import MediaStore
@@ -47,12 +46,12 @@ from infra.engines import EngineKind, StackEndpoints
 from infra.engines.embedded import EmbeddedEngine
 from infra.engines.record import StackRecord
 from infra.loopback import free_port
+from tests.db_fingerprint import fingerprint
 from tests.integration.api.harness import png_bytes, unique_text, wav_bytes
-from tests.integration.test_ops_safety import SCRUBBED, one_error_line
+from tests.integration.task_runs import SCRUBBED, one_error_line
 
 pytestmark = pytest.mark.timeout(600)
 
-COMPARED = ("analysis_jobs", "analysis_results", "media_files", "artifacts", "retention_events")
 LIVE_FILES = (
     "SELECT storage_key, sha256 FROM media_files WHERE deleted_at IS NULL"
     " UNION ALL SELECT storage_key, sha256 FROM artifacts WHERE deleted_at IS NULL"
@@ -117,20 +116,6 @@ class EmbeddedStack:
     def endpoints(self) -> StackEndpoints:
         found = StackRecord(EngineKind.EMBEDDED, extra={"data_dir": str(self.base / "data")})
         return EmbeddedEngine().attach(found)
-
-
-def fingerprint(owner_url: str) -> dict[str, tuple[int, str | None]]:
-    """Per compared table: (rows, md5 of its rows in order)."""
-    found: dict[str, tuple[int, str | None]] = {}
-    with psycopg.connect(libpq_url(owner_url)) as conn:
-        for table in COMPARED:
-            query = sql.SQL(
-                "SELECT count(*), md5(string_agg(t::text, '|' ORDER BY t::text)) FROM {} t"
-            ).format(sql.Identifier(table))
-            row = conn.execute(query).fetchone()
-            assert row is not None
-            found[table] = (int(row[0]), row[1])
-    return found
 
 
 def live_files(owner_url: str) -> dict[str, str]:

@@ -7,6 +7,7 @@ import logging
 import random
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -30,74 +31,15 @@ from app_patch.cache import (
 from app_patch.media_lookup import MediaLookup
 from app_patch.models import JobStatus, MediaFile
 from app_patch.repository import NewJob
-from app_patch.schemas import HistoryFilter, InvalidCursorError, JobOut, MediaOut, ResultIn
+from app_patch.schemas import HistoryFilter, InvalidCursorError, JobOut, MediaOut
 from app_patch.service import HistoryService
-from app_patch.settings import CacheSettings, RedisSettings, Settings
+from app_patch.settings import CacheSettings
+from tests.integration.cache_support import make_settings, stored
+from tests.integration.history_data import a_result, insert_job
 
 pytestmark = pytest.mark.usefixtures("clean_db")
 
 Sessions = async_sessionmaker[AsyncSession]
-
-
-def make_settings(**cache: Any) -> Settings:
-    """Explicit TTLs per kind (all different) with 20% jitter; overrides go to CacheSettings."""
-    redis_keys = {"socket_timeout_s", "connect_timeout_s", "op_timeout_s", "password"}
-    redis = {k: cache.pop(k) for k in list(cache) if k in redis_keys}
-    values: dict[str, Any] = {
-        "ttl_job_running_s": 5,
-        "ttl_job_finished_s": 60,
-        "ttl_result_s": 120,
-        "ttl_history_page_s": 30,
-        "ttl_media_s": 90,
-        "jitter": 0.2,
-        "breaker_failure_threshold": 2,
-        "breaker_recovery_s": 0.5,
-    }
-    values.update(cache)
-    return Settings(redis=RedisSettings(**redis), cache=CacheSettings(**values))
-
-
-def a_result(**extra: object) -> ResultIn:
-    return ResultIn(
-        result={"sha256": "ab" * 32, **extra},
-        summary="ok",
-        engine_name="basic",
-        engine_version="1.0",
-        duration_ms=1.5,
-    )
-
-
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[Redis]:
-    """A plain client to inspect the shared test Redis; starts each test from an empty db."""
-    client = Redis.from_url(redis_url)
-    await client.flushdb()
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def cache(redis_url: str, raw: Redis) -> AsyncIterator[RedisCache]:
-    cache = RedisCache(make_settings(), redis_url)
-    yield cache
-    await cache.close()
-
-
-@pytest.fixture
-def service(session_factory: Sessions, cache: RedisCache) -> HistoryService:
-    return HistoryService(session_factory, cache)
-
-
-@pytest.fixture
-def media_lookup(session_factory: Sessions, cache: RedisCache) -> MediaLookup:
-    return MediaLookup(session_factory, cache)
-
-
-async def insert_job(sessions: Sessions, **kwargs: Any) -> JobOut:
-    """A job written straight to PostgreSQL, so its cache key is cold."""
-    async with sessions.begin() as session:
-        job, _ = await repo.create_job(session, NewJob(analysis_type="basic", **kwargs))
-    return job
 
 
 async def insert_media(sessions: Sessions, sha256: str, size: int = 10) -> None:
@@ -111,6 +53,23 @@ async def insert_media(sessions: Sessions, sha256: str, size: int = 10) -> None:
                 storage_key=f"uploads/{sha256}",
             )
         )
+
+
+@dataclass
+class HeldLoad:
+    """A load of one job from PostgreSQL that, once it has read, waits to be released."""
+
+    sessions: Sessions
+    job_id: uuid.UUID
+    loaded: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def __call__(self) -> JobOut | None:
+        async with self.sessions() as session:
+            state = await repo.get_job(session, self.job_id)
+        self.loaded.set()
+        await self.release.wait()
+        return state
 
 
 async def assert_pttl_in_policy(raw: Redis, key: str, settings: CacheSettings, p: TtlPolicy) -> int:
@@ -298,7 +257,7 @@ async def test_reads_after_mark_succeeded_never_return_running(
         assert stale == [], f"read {stale[0]} after mark_succeeded returned"
         post_write_reads += after
         cached = await raw.get(cache_key(Kind.job, str(job_id)))
-        if cached is not None and parse_envelope(cached).body:
+        if isinstance(cached, bytes) and parse_envelope(cached).body:
             assert decode(cached, JobOut).status is JobStatus.succeeded
     assert post_write_reads > 250
 
@@ -318,32 +277,26 @@ async def test_a_load_from_before_the_commit_cannot_overwrite_the_finished_state
     key = cache_key(Kind.job, str(job.id))
     await raw.delete(key)
     other_process = RedisCache(make_settings(), redis_url)
-    loaded, release = asyncio.Event(), asyncio.Event()
-
-    async def slow_loader() -> JobOut | None:
-        async with session_factory() as session:
-            state = await repo.get_job(session, job.id)
-        loaded.set()
-        await release.wait()
-        return state
+    held = HeldLoad(session_factory, job.id)
 
     try:
         late = asyncio.create_task(
-            other_process.get_or_load(Kind.job, str(job.id), JobOut, slow_loader, job_placement)
+            other_process.get_or_load(Kind.job, str(job.id), JobOut, held, job_placement)
         )
-        await asyncio.wait_for(loaded.wait(), 5)
+        await asyncio.wait_for(held.loaded.wait(), 5)
         await service.mark_succeeded(job.id, a_result())
         if invalidated_between:
             await service.cache.invalidate(Kind.job, str(job.id))
-        release.set()
-        assert (await late).status is JobStatus.running  # it was a concurrent read
+        held.release.set()
+        late_state = await late  # it was a concurrent read
+        assert late_state is not None and late_state.status is JobStatus.running
     finally:
-        release.set()
+        held.release.set()
         await other_process.close()
     if invalidated_between:
-        assert parse_envelope(await raw.get(key)).body == b"", "the late fill was refused"
+        assert parse_envelope(await stored(raw, key)).body == b"", "the late fill was refused"
     else:
-        assert decode(await raw.get(key), JobOut).status is JobStatus.succeeded
+        assert decode(await stored(raw, key), JobOut).status is JobStatus.succeeded
     got = await service.get_job(job.id)
     assert got is not None and got.status is JobStatus.succeeded
 
@@ -356,27 +309,21 @@ async def test_a_read_after_the_write_does_not_join_a_load_from_before_it(
     await service.mark_running(job.id)
     key = cache_key(Kind.job, str(job.id))
     await raw.delete(key)
-    loaded, release = asyncio.Event(), asyncio.Event()
-
-    async def slow_loader() -> JobOut | None:
-        async with session_factory() as session:
-            state = await repo.get_job(session, job.id)
-        loaded.set()
-        await release.wait()
-        return state
+    held = HeldLoad(session_factory, job.id)
 
     late = asyncio.create_task(
-        service.cache.get_or_load(Kind.job, str(job.id), JobOut, slow_loader, job_placement)
+        service.cache.get_or_load(Kind.job, str(job.id), JobOut, held, job_placement)
     )
     try:
-        await asyncio.wait_for(loaded.wait(), 5)
+        await asyncio.wait_for(held.loaded.wait(), 5)
         await service.mark_succeeded(job.id, a_result())
         after = await asyncio.wait_for(service.get_job(job.id), 5)  # would hang if it joined
         assert after is not None and after.status is JobStatus.succeeded
     finally:
-        release.set()
-    assert (await late).status is JobStatus.running
-    assert decode(await raw.get(key), JobOut).status is JobStatus.succeeded
+        held.release.set()
+    late_state = await late
+    assert late_state is not None and late_state.status is JobStatus.running
+    assert decode(await stored(raw, key), JobOut).status is JobStatus.succeeded
 
 
 async def test_ranked_write_through_never_downgrades(
@@ -392,13 +339,13 @@ async def test_ranked_write_through_never_downgrades(
     await cache.put(Kind.job, str(job.id), finished, job_placement(finished))
     await cache.put(Kind.job, str(job.id), running, job_placement(running))
     await cache.put(Kind.job, str(job.id), job, job_placement(job))  # queued
-    assert decode(await raw.get(key), JobOut).status is JobStatus.succeeded
+    assert decode(await stored(raw, key), JobOut).status is JobStatus.succeeded
     low, _ = ttl_range_ms(make_settings().cache, TtlPolicy.job_finished)
     assert int(await raw.pttl(key)) >= low - 1000
 
     same_rank = finished.model_copy(update={"error": "rewritten"})
     await cache.put(Kind.job, str(job.id), same_rank, Placement(TtlPolicy.job_finished, 2))
-    assert decode(await raw.get(key), JobOut).error == "rewritten"
+    assert decode(await stored(raw, key), JobOut).error == "rewritten"
 
 
 async def test_history_is_fresh_after_every_write_and_cached_between(
@@ -411,9 +358,9 @@ async def test_history_is_fresh_after_every_write_and_cached_between(
     assert await service.list_history(limit=10) == page
     assert cache.stats.kinds[Kind.history].hits == hits + 1
 
-    version = int(await raw.get(HISTORY_VERSION_KEY))
+    version = int(await stored(raw, HISTORY_VERSION_KEY))
     newest, _ = await service.create_job(NewJob(analysis_type="basic"))
-    assert int(await raw.get(HISTORY_VERSION_KEY)) > version
+    assert int(await stored(raw, HISTORY_VERSION_KEY)) > version
     page = await service.list_history(limit=10)
     assert page.items[0].id == newest.id and len(page.items) == 4
 
@@ -481,14 +428,14 @@ async def test_invalidate_job_forgets_job_result_and_history(
 ) -> None:
     job, _ = await service.create_job(NewJob(analysis_type="basic"))
     await service.mark_succeeded(job.id, a_result())
-    version = int(await raw.get(HISTORY_VERSION_KEY))
+    version = int(await stored(raw, HISTORY_VERSION_KEY))
     await service.invalidate_job(job.id)
     for key in cache_key(Kind.job, str(job.id)), cache_key(Kind.result, str(job.id)):
-        assert parse_envelope(await raw.get(key)).body == b"", "a tombstone, not a value"
-    assert int(await raw.get(HISTORY_VERSION_KEY)) > version
+        assert parse_envelope(await stored(raw, key)).body == b"", "a tombstone, not a value"
+    assert int(await stored(raw, HISTORY_VERSION_KEY)) > version
     again = await service.get_job(job.id)  # a miss on the tombstone reloads and refills
     assert again is not None and again.status is JobStatus.succeeded
-    assert decode(await raw.get(cache_key(Kind.job, str(job.id))), JobOut) == again
+    assert decode(await stored(raw, cache_key(Kind.job, str(job.id))), JobOut) == again
 
 
 async def test_idempotent_create_returns_existing_without_cache_writes(

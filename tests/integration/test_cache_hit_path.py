@@ -7,7 +7,6 @@ load per key, one failed call per read), so these tests pin what the fast path m
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -17,31 +16,12 @@ from app_patch import repository as repo
 from app_patch.cache import Kind, RedisCache, cache_key, decode, parse_envelope
 from app_patch.schemas import JobOut
 from app_patch.service import HistoryService
-from tests.integration.test_cache import a_result, insert_job, make_settings
+from tests.integration.cache_support import stored
+from tests.integration.history_data import a_result, insert_job
 
 pytestmark = pytest.mark.usefixtures("clean_db")
 
 Sessions = async_sessionmaker[AsyncSession]
-
-
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    await client.flushdb()
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def cache(redis_url: str, raw: Redis) -> AsyncIterator[RedisCache]:
-    cache = RedisCache(make_settings(), redis_url)
-    yield cache
-    await cache.close()
-
-
-@pytest.fixture
-def service(session_factory: Sessions, cache: RedisCache) -> HistoryService:
-    return HistoryService(session_factory, cache)
 
 
 async def test_hits_of_one_key_start_no_flight_and_never_load(
@@ -71,14 +51,14 @@ async def test_a_tombstone_is_a_miss_that_loads_once_and_fills(
     job = await insert_job(session_factory)
     await cache.invalidate(Kind.job, str(job.id))
     key = cache_key(Kind.job, str(job.id))
-    assert parse_envelope(await raw.get(key)).body == b""
+    assert parse_envelope(await stored(raw, key)).body == b""
     stats = cache.stats.kinds[Kind.job]
 
     got = await asyncio.gather(*(service.get_job(job.id) for _ in range(20)))
 
     assert all(g == job for g in got)
     assert stats.loads == 1, "concurrent misses share one load"
-    assert decode(await raw.get(key), JobOut) == job, "the load filled the tombstone"
+    assert decode(await stored(raw, key), JobOut) == job, "the load filled the tombstone"
 
 
 @pytest.mark.parametrize(
@@ -109,7 +89,7 @@ async def test_a_dirty_key_is_read_from_postgres_not_from_the_old_entry(
     running = await service.mark_running(job.id)
     assert await service.get_job(job.id) == running
     key = cache_key(Kind.job, str(job.id))
-    stale = await raw.get(key)
+    stale = await stored(raw, key)
     done = await service.mark_succeeded(job.id, a_result())
     await raw.set(key, stale, px=60_000)  # as if the write-through had been lost...
     cache._after_write(Kind.job, key, False, "writes")  # ...and this process knew it

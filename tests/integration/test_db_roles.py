@@ -76,7 +76,7 @@ def refused(url: str, statement: str | sql.Composable) -> str:
 
 def scalar(url: str, query: str, *params: object) -> object:
     with psycopg.connect(libpq_url(url)) as conn:
-        row = conn.execute(query, params or None).fetchone()  # type: ignore[arg-type]
+        row = conn.execute(query, params or None).fetchone()
     return None if row is None else row[0]
 
 
@@ -236,7 +236,7 @@ def test_ensure_roles_adopts_a_database_migrated_before_the_roles_existed(
     roles.ensure(admin, database_name(admin))
 
     with psycopg.connect(libpq_url(admin)) as conn:
-        owners = dict(
+        owners: dict[str, str] = dict(
             conn.execute(
                 "SELECT c.relname, pg_get_userbyid(c.relowner) FROM pg_class c"
                 " JOIN pg_namespace n ON n.oid = c.relnamespace"

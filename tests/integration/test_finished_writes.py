@@ -14,22 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app_patch import repository as repo
 from app_patch.db import create_engine, create_session_factory, is_database_outage
 from app_patch.models import AnalysisResult, JobStatus, MediaFile
-from app_patch.schemas import ResultIn
+from app_patch.schemas import JobOut, ResultIn
 from app_patch.settings import DatabaseSettings
+from tests.integration.history_data import a_result
 
 pytestmark = pytest.mark.usefixtures("clean_db")
 
 Sessions = async_sessionmaker[AsyncSession]
-
-
-def a_result(**extra: object) -> ResultIn:
-    return ResultIn(
-        result={"sha256": "cd" * 32, **extra},
-        summary="ok",
-        engine_name="basic",
-        engine_version="1.0",
-        duration_ms=2.5,
-    )
 
 
 def finished(
@@ -40,7 +31,7 @@ def finished(
     return repo.FinishedJob(job, started, datetime.now(UTC), result, error)
 
 
-async def record(sessions: Sessions, item: repo.FinishedJob) -> tuple[repo.JobOut, bool]:
+async def record(sessions: Sessions, item: repo.FinishedJob) -> tuple[JobOut, bool]:
     async with sessions.begin() as s:
         return await repo.record_finished(s, item)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from sqlalchemy.engine import Engine
 from app_patch import migrate as migrations
 from app_patch.db import libpq_url
 from tests.conftest import DatabaseFactory
+from tests.integration.task_runs import db_env, run_task
 
 EXPECTED_TABLES = {
     "media_files",
@@ -61,22 +61,6 @@ def alembic_config(alembic_engine: Engine) -> Config:
     return migrations.alembic_config(alembic_engine.url.render_as_string(hide_password=False))
 
 
-def run_task(
-    *args: str, url: str | None, cwd: Path, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"MA_DB_URL", "DATABASE_URL"}}
-    if url is not None:
-        env["MA_DB_URL"] = url
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def catalog(url: str) -> tuple[set[str], dict[str, str]]:
     with psycopg.connect(libpq_url(url)) as conn:
         tables = {
@@ -86,7 +70,7 @@ def catalog(url: str) -> tuple[set[str], dict[str, str]]:
                 "WHERE n.nspname = 'public' AND c.relkind = 'r'"
             )
         }
-        indexes = dict(
+        indexes: dict[str, str] = dict(
             conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'")
         )
     return tables, indexes
@@ -120,8 +104,7 @@ def test_two_concurrent_migrates_apply_schema_once(
     databases: DatabaseFactory, project_root: Path
 ) -> None:
     url = databases.create("race")
-    env = {k: v for k, v in os.environ.items() if k not in {"MA_DB_URL", "DATABASE_URL"}}
-    env["MA_DB_URL"] = url
+    env = db_env(url)
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "invoke", "migrate"],

@@ -24,18 +24,7 @@ from infra import engines, local_api
 from infra.docker_host import daemon_answers
 from infra.engines import EngineKind
 from infra.loopback import free_port
-
-# What an explicit target or a forced engine would be: none of it may leak into these tests.
-SCRUBBED = {
-    "MA_DB_URL",
-    "DATABASE_URL",
-    "MA_DB_MIGRATION_URL",
-    "MA_REDIS_URL",
-    "REDIS_URL",
-    "MA_INFRA_ENGINE",
-    "MA_API_PORT",
-    "DOCKER_HOST",
-}
+from tests.integration.task_runs import SCRUBBED, invoke, one_error_line
 
 
 class _Answers200(BaseHTTPRequestHandler):
@@ -73,30 +62,6 @@ def ops_env(tmp_path: Path) -> dict[str, str]:
         MA_STORAGE_ROOT=str(tmp_path / "storage"),
     )
     return env
-
-
-def invoke(
-    *args: str, env: dict[str, str], cwd: Path, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    """The task failed with exit 1 and exactly one ``error:`` line on stderr."""
-    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr + proc.stdout
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    return lines[0]
 
 
 def pids(name: str) -> set[int]:

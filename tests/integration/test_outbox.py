@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,40 +15,11 @@ from app_patch.db import is_database_outage
 from app_patch.media import MediaStore
 from app_patch.models import AnalysisJob, AnalysisResult, JobStatus, MediaFile
 from app_patch.outbox import Outbox, OutboxEntry, OutboxReplayer
-from app_patch.schemas import ResultIn
 from app_patch.settings import RetentionSettings, StorageSettings
 from app_patch.storage import Storage
+from tests.integration.history_data import finished_job, job_id
 
 pytestmark = pytest.mark.usefixtures("clean_db")
-
-
-def finished_job(
-    idempotency_key: str | None = None,
-    *,
-    client_ref: str | None = None,
-    fingerprint: str | None = None,
-) -> repo.FinishedJob:
-    now = datetime.now(UTC)
-    new = repo.NewJob(
-        "basic",
-        client_ref=client_ref,
-        idempotency_key=idempotency_key,
-        job_id=uuid.uuid4(),
-        request_fingerprint=fingerprint,
-    )
-    result = ResultIn(
-        result={"size_bytes": 3},
-        summary="3 bytes",
-        engine_name="e",
-        engine_version="1",
-        duration_ms=0.5,
-    )
-    return repo.FinishedJob(new, now, now, result)
-
-
-def job_id(job: repo.FinishedJob) -> uuid.UUID:
-    assert job.new.job_id is not None
-    return job.new.job_id
 
 
 def media(sha: str = "a" * 64) -> repo.MediaSnapshot:

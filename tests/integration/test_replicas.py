@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,10 @@ import pytest
 
 from app_patch import repository as repo
 from app_patch.outbox import Outbox, OutboxEntry
-from app_patch.schemas import ResultIn
 from app_patch.settings import PROJECT_ROOT
 from app_patch.storage import upload_key
 from app_patch.store_identity import read_marker
+from tests.integration.history_data import finished_job
 from tests.integration.test_storage_support import (
     audit_counts,
     child_env,
@@ -59,23 +58,6 @@ def report_of(child: subprocess.Popen[str], timeout: float = 180) -> dict[str, A
     return report
 
 
-def finished(
-    key: str | None = None, fingerprint: str | None = None, ref: str | None = None
-) -> repo.FinishedJob:
-    now = datetime.now(UTC)
-    new = repo.NewJob(
-        "basic",
-        client_ref=ref,
-        idempotency_key=key,
-        job_id=uuid.uuid4(),
-        request_fingerprint=fingerprint,
-    )
-    result = ResultIn(
-        result={"n": 1}, summary="1", engine_name="e", engine_version="1", duration_ms=0.1
-    )
-    return repo.FinishedJob(new, now, now, result)
-
-
 def deferred_world(url: str, root: Path) -> dict[str, set[str]]:
     """What an outage leaves: 300 entries under ``root/outbox``, like the API writes them.
 
@@ -92,11 +74,11 @@ def deferred_world(url: str, root: Path) -> dict[str, set[str]]:
         files.append(repo.MediaSnapshot(sha, 3, "text/plain", key))
     kinds: dict[str, set[str]] = {"plain": set(), "keyed": set(), "merged": set(), "poison": set()}
     for n in range(240):
-        job = finished()
+        job = finished_job()
         outbox.append(OutboxEntry(job, files[n % len(files)]))
         kinds["plain"].add(str(job.new.job_id))
     for n in range(30):
-        job = finished(key=f"deferred-{n}", fingerprint=f"{n:064x}")
+        job = finished_job(f"deferred-{n}", fingerprint=f"{n:064x}")
         outbox.append(OutboxEntry(job, None))
         assert job.new.job_id is not None and job.new.idempotency_key is not None
         assert outbox.claim_key(job.new.idempotency_key, job.new.job_id, f"{n:064x}") is None
@@ -111,11 +93,11 @@ def deferred_world(url: str, root: Path) -> dict[str, set[str]]:
             f"committed-{n}",
             fingerprint,
         )
-        job = finished(key=f"committed-{n}", fingerprint=fingerprint)
+        job = finished_job(f"committed-{n}", fingerprint=fingerprint)
         outbox.append(OutboxEntry(job, None))
         kinds["merged"].add(str(job.new.job_id))
     for _ in range(10):
-        job = finished(ref="bad\x00ref")
+        job = finished_job(client_ref="bad\x00ref")
         outbox.append(OutboxEntry(job, None))
         kinds["poison"].add(str(job.new.job_id))
     return kinds

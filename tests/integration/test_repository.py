@@ -12,24 +12,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app_patch import repository as repo
 from app_patch.models import JobStatus
-from app_patch.schemas import HistoryFilter, InvalidCursorError, ResultIn
+from app_patch.schemas import HistoryFilter, InvalidCursorError, JobOut
+from tests.integration.history_data import a_result
 
 pytestmark = pytest.mark.usefixtures("clean_db")
 
 Sessions = async_sessionmaker[AsyncSession]
 
 
-def a_result(**extra: object) -> ResultIn:
-    return ResultIn(
-        result={"sha256": "ab" * 32, **extra},
-        summary="ok",
-        engine_name="basic",
-        engine_version="1.0",
-        duration_ms=1.5,
-    )
-
-
-async def new_job(sessions: Sessions, **kwargs: object) -> tuple[repo.JobOut, bool]:
+async def new_job(sessions: Sessions, **kwargs: object) -> tuple[JobOut, bool]:
     async with sessions.begin() as session:
         return await repo.create_job(session, repo.NewJob(analysis_type="basic", **kwargs))  # type: ignore[arg-type]
 
@@ -149,7 +140,7 @@ async def test_history_filters(session_factory: Sessions) -> None:
 
     async def ids(**filters: object) -> set[uuid.UUID]:
         async with session_factory() as s:
-            page = await repo.list_history(s, limit=50, filters=HistoryFilter(**filters))  # type: ignore[arg-type]
+            page = await repo.list_history(s, limit=50, filters=HistoryFilter(**filters))
         return {job.id for job in page.items}
 
     assert await ids(status=JobStatus.succeeded) == {ok.id}

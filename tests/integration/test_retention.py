@@ -34,11 +34,6 @@ from tests.integration.test_storage_support import (
 pytestmark = pytest.mark.usefixtures("clean_db")
 
 
-@pytest.fixture
-async def storage(tmp_path: Path) -> Storage:
-    return await Storage.open(storage_settings(tmp_path / "root"))
-
-
 def sweeper(engine: AsyncEngine, storage: Storage, **settings: object) -> Sweeper:
     return Sweeper(engine, storage, retention_settings(**settings))
 
@@ -75,7 +70,7 @@ async def test_sweep_of_10k_expired_among_10k_live(
         key: (storage.root / key).stat().st_mtime_ns for key, _ in seeded.live.values()
     } == live_before, "live files untouched"
     assert (Policy.uploads, 5000, 5000) in progress
-    assert int(query(clean_db, "SELECT count(*) FROM analysis_results")[0][0]) == 20  # type: ignore[call-overload]
+    assert int(query(clean_db, "SELECT count(*) FROM analysis_results")[0][0]) == 20
 
     again = await sweeper(engine, storage).sweep()
     assert again.total_objects == 0, "a second sweep finds nothing"
@@ -233,8 +228,8 @@ async def test_history_is_never_deleted(
         next(iter(seeded.expired_media)),
     )
     await sweeper(engine, storage, quota_bytes=0).sweep()
-    assert int(query(clean_db, "SELECT count(*) FROM analysis_jobs")[0][0]) == 20  # type: ignore[call-overload]
-    assert int(query(clean_db, "SELECT count(*) FROM analysis_results")[0][0]) == 20  # type: ignore[call-overload]
+    assert int(query(clean_db, "SELECT count(*) FROM analysis_jobs")[0][0]) == 20
+    assert int(query(clean_db, "SELECT count(*) FROM analysis_results")[0][0]) == 20
     assert query(clean_db, "SELECT count(DISTINCT media_file_id) FROM analysis_jobs") == [(1,)]
 
 

@@ -23,7 +23,7 @@ from app_patch.file_locks import key_lock_id
 from app_patch.outbox import Outbox, OutboxEntry
 from app_patch.retention import Policy, Sweeper
 from app_patch.storage import Storage, StorageKeyError, upload_key
-from tests.integration.test_outbox import finished_job
+from tests.integration.history_data import finished_job
 from tests.integration.test_storage_support import (
     assert_converged,
     audit_counts,
@@ -35,11 +35,6 @@ from tests.integration.test_storage_support import (
 )
 
 pytestmark = pytest.mark.usefixtures("clean_db")
-
-
-@pytest.fixture
-async def storage(tmp_path: Path) -> Storage:
-    return await Storage.open(storage_settings(tmp_path / "root"))
 
 
 async def test_each_deleted_row_gets_exactly_its_audit_row(

@@ -17,6 +17,7 @@ from tests.integration.test_storage_support import (
     seed,
     tree,
 )
+from tests.task_output import table_rows
 
 pytestmark = pytest.mark.usefixtures("clean_db")
 
@@ -36,15 +37,6 @@ def world(url: str, root: Path) -> Seeded:
     old = time.time() - 3 * 86400
     os.utime(leftover, (old, old))
     return seeded
-
-
-def table_rows(stdout: str) -> dict[str, tuple[int, int]]:
-    rows = {}
-    for line in stdout.splitlines():
-        cells = [c.strip() for c in line.strip("│┃ ").replace("┃", "│").split("│")]
-        if len(cells) == 3 and cells[1].isdigit():
-            rows[cells[0]] = (int(cells[1]), int(cells[2].replace(",", "")))
-    return rows
 
 
 def test_dry_run_changes_nothing(clean_db: str, tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ def seeded_world(url: str, root: Path, scale: int = 1) -> tuple[Seeded, list[str
 
 
 def audit_total(url: str) -> int:
-    return int(query(url, "SELECT count(*) FROM retention_events")[0][0])  # type: ignore[call-overload]
+    return int(query(url, "SELECT count(*) FROM retention_events")[0][0])
 
 
 def test_sigkilled_sweeper_converges_on_rerun(clean_db: str, tmp_path: Path) -> None:

@@ -28,11 +28,6 @@ from app_patch.storage import (
 from tests.integration.test_storage_support import chunks_of, storage_settings, tree
 
 
-@pytest.fixture
-async def storage(tmp_path: Path) -> Storage:
-    return await Storage.open(storage_settings(tmp_path / "root"))
-
-
 async def stage_and_place(storage: Storage, data: bytes) -> tuple[str, bool]:
     async with storage.stage(chunks_of(data)) as staged:
         key = upload_key(staged.sha256)

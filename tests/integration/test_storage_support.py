@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -61,19 +62,19 @@ def files_under(root: Path) -> set[str]:
 def db_snapshot(url: str) -> dict[str, list[tuple[object, ...]]]:
     with psycopg.connect(libpq_url(url)) as conn:
         return {
-            t.name: conn.execute(f'SELECT * FROM "{t.name}" ORDER BY 1').fetchall()  # type: ignore[arg-type]
+            t.name: conn.execute(f'SELECT * FROM "{t.name}" ORDER BY 1').fetchall()
             for t in ALL_TABLES
         }
 
 
-def query(url: str, sql: str, *params: object) -> list[tuple[object, ...]]:
+def query(url: str, sql: str, *params: object) -> list[tuple[Any, ...]]:
     with psycopg.connect(libpq_url(url)) as conn:
-        return conn.execute(sql, params or None).fetchall()  # type: ignore[arg-type]
+        return conn.execute(sql, params or None).fetchall()
 
 
 def execute(url: str, sql: str, *params: object) -> None:
     with psycopg.connect(libpq_url(url)) as conn:
-        conn.execute(sql, params or None)  # type: ignore[arg-type]
+        conn.execute(sql, params or None)
 
 
 def child_env(url: str, root: Path, **settings: object) -> dict[str, str]:
@@ -211,7 +212,7 @@ def record_store(url: str, root: Path) -> None:
 
 def audit_counts(url: str) -> dict[tuple[str, str], int]:
     rows = query(url, "SELECT object_type, object_id, count(*) FROM retention_events GROUP BY 1, 2")
-    return {(str(t), str(i)): int(n) for t, i, n in rows}  # type: ignore[call-overload]
+    return {(str(t), str(i)): int(n) for t, i, n in rows}
 
 
 def deleted_ids(url: str) -> set[uuid.UUID]:
@@ -220,7 +221,7 @@ def deleted_ids(url: str) -> set[uuid.UUID]:
         "SELECT id FROM media_files WHERE deleted_at IS NOT NULL"
         " UNION ALL SELECT id FROM artifacts WHERE deleted_at IS NOT NULL",
     )
-    return {r[0] for r in rows}  # type: ignore[misc]
+    return {r[0] for r in rows}
 
 
 def assert_converged(url: str, root: Path, seeded: Seeded) -> None:
@@ -238,4 +239,4 @@ def assert_converged(url: str, root: Path, seeded: Seeded) -> None:
     stray = {f for f in on_disk - live_keys if not f.startswith(("tmp/", "outbox/"))}
     assert stray == set(), "files without a live row"
     assert live_keys <= on_disk, "live rows without a file"
-    assert int(query(url, "SELECT count(*) FROM analysis_jobs")[0][0]) == len(seeded.job_ids)  # type: ignore[call-overload]
+    assert int(query(url, "SELECT count(*) FROM analysis_jobs")[0][0]) == len(seeded.job_ids)

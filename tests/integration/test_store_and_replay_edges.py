@@ -23,7 +23,7 @@ from app_patch.retention import Policy, Sweeper
 from app_patch.settings import DatabaseSettings, RetentionSettings
 from app_patch.storage import Storage, upload_key
 from app_patch.store_identity import StoreMismatchError, ensure_marker
-from tests.integration.test_outbox import finished_job, job_id
+from tests.integration.history_data import finished_job, job_id
 from tests.integration.test_storage_support import (
     chunks_of,
     execute,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from infra.loopback import free_port
-from tests.integration.test_migrations import run_task
+from tests.integration.task_runs import run_task
 
 BAD_URLS = {
     "unreachable": (

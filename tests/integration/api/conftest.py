@@ -14,28 +14,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from app_patch import migrate as migrations
 from app_patch.embedded import EmbeddedPostgres, EmbeddedRedis
 from infra.loopback import free_port
 from tests.conftest import RolePostgres
-from tests.integration.api.harness import LiveApp, make_settings, running_app
-
-
-def flush_redis(url: str) -> None:
-    client = redis.Redis.from_url(url, socket_timeout=2)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
+from tests.integration.api.harness import LiveApp, fresh_settings, running_app
 
 
 @pytest.fixture
 async def api(migrated_url: str, redis_url: str, tmp_path: Path) -> AsyncIterator[LiveApp]:
     """The default app over HTTP (shared database, shared Redis, own storage)."""
-    flush_redis(redis_url)
-    settings = make_settings(db_url=migrated_url, redis_url=redis_url, data_dir=tmp_path)
+    settings = fresh_settings(db_url=migrated_url, redis_url=redis_url, data_dir=tmp_path)
     async with running_app(settings) as live:
         yield live
 

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import hypothesis
 import psycopg
+import redis
 import uvicorn
 from fastapi import FastAPI
 from PIL import Image
@@ -76,6 +78,37 @@ def make_settings(
         storage=StorageSettings(**storage),
         resilience=ResilienceSettings(db_recovery_s=0.5, replay_interval_s=0.2),
         data_dir=data_dir,
+    )
+
+
+def flush_redis(url: str) -> None:
+    client = redis.Redis.from_url(url, socket_timeout=2)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
+def fresh_settings(
+    *, db_url: str, redis_url: str, data_dir: Path, max_upload_bytes: int | None = None
+) -> Settings:
+    """:func:`make_settings` on the shared Redis, flushed first so no cached page or media
+    of another test leaks in."""
+    flush_redis(redis_url)
+    return make_settings(
+        db_url=db_url, redis_url=redis_url, data_dir=data_dir, max_upload_bytes=max_upload_bytes
+    )
+
+
+def fuzz_settings(examples: int) -> hypothesis.settings:
+    """A bounded, reproducible Hypothesis run: no deadline, no example database."""
+    return hypothesis.settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
+        suppress_health_check=list(hypothesis.HealthCheck),
     )
 
 

@@ -10,13 +10,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.api.conftest import flush_redis
 from tests.integration.api.harness import (
     ANALYSIS_TYPES,
     LiveApp,
     describe,
+    fresh_settings,
     job_rows,
-    make_settings,
     running_app,
     unique_text,
     upload,
@@ -42,8 +41,7 @@ def stored_files(root: Path) -> list[Path]:
 async def test_upload_over_max_upload_bytes_is_413(
     migrated_url: str, redis_url: str, tmp_path: Path
 ) -> None:
-    flush_redis(redis_url)
-    settings = make_settings(
+    settings = fresh_settings(
         db_url=migrated_url, redis_url=redis_url, data_dir=tmp_path, max_upload_bytes=1024
     )
     async with running_app(settings) as live, live.client() as client:

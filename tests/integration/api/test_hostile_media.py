@@ -20,13 +20,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 from PIL import Image
 
 from api.analysis import ANALYSIS_TYPES, SNIFF_BYTES, AnalysisError, sniff_content_type
 from api.main import analyse
-from tests.integration.api.harness import LiveApp, describe, png_bytes, wav_bytes
+from tests.integration.api.harness import LiveApp, describe, fuzz_settings, png_bytes, wav_bytes
 
 DIRECT_EXAMPLES = 2000  # files; each is analysed by every analysis type (~6 s)
 HTTP_EXAMPLES = 80
@@ -102,17 +102,6 @@ def hostile_media(draw: st.DrawFn) -> bytes:
             case _:
                 del data[at : at + draw(st.integers(1, 16))]
     return bytes(data) or b"\x00"
-
-
-def fuzz_settings(examples: int) -> settings:
-    return settings(
-        max_examples=examples,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        phases=[Phase.explicit, Phase.generate],
-        suppress_health_check=list(HealthCheck),
-    )
 
 
 def test_analysis_of_hostile_bytes_fails_the_job_never_crashes(tmp_path: Path) -> None:

@@ -11,11 +11,10 @@ import pytest
 
 from app_patch.access import key_digest
 from app_patch.settings import ApiSettings
-from tests.integration.api.conftest import flush_redis
 from tests.integration.api.harness import (
     LiveApp,
     describe,
-    make_settings,
+    fresh_settings,
     running_app,
     unique_text,
     upload,
@@ -27,8 +26,7 @@ KEY = "a-long-random-api-key-for-tests"
 
 @pytest.fixture
 async def keyed(migrated_url: str, redis_url: str, tmp_path: Path) -> AsyncIterator[LiveApp]:
-    flush_redis(redis_url)
-    settings = make_settings(db_url=migrated_url, redis_url=redis_url, data_dir=tmp_path)
+    settings = fresh_settings(db_url=migrated_url, redis_url=redis_url, data_dir=tmp_path)
     keys_file = tmp_path / "api-keys"
     keys_file.write_text(f"{key_digest('another-key')}\nsha256:{key_digest(KEY)}\n")
     settings.api = ApiSettings(keys_file=keys_file, metrics_access="key", docs_access="off")

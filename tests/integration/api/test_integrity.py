@@ -19,12 +19,11 @@ from app_patch.embedded import EmbeddedPostgres
 from app_patch.retention import Policy, Sweeper
 from app_patch.settings import RetentionSettings
 from app_patch.storage import Storage
-from tests.integration.api.conftest import flush_redis
 from tests.integration.api.harness import (
     LiveApp,
     describe,
+    fresh_settings,
     job_rows,
-    make_settings,
     metric_values,
     ready,
     running_app,
@@ -62,8 +61,7 @@ async def test_client_ref_with_control_characters_is_refused(client: httpx.Async
 async def test_same_key_during_an_outage_is_one_job_bound_to_the_key(
     dedicated_pg: EmbeddedPostgres, redis_url: str, tmp_path: Path
 ) -> None:
-    flush_redis(redis_url)
-    settings = make_settings(db_url=dedicated_pg.url, redis_url=redis_url, data_dir=tmp_path)
+    settings = fresh_settings(db_url=dedicated_pg.url, redis_url=redis_url, data_dir=tmp_path)
     async with running_app(settings) as live, live.client(timeout=30) as client:
         before = await upload(client, unique_text("warm"))
         assert before.status_code == 201, describe(before)
@@ -98,8 +96,7 @@ async def test_poison_entry_does_not_block_replay_and_shows(
 ) -> None:
     """Entries that cannot land (NUL in a field, truncated JSON) sit in outbox/failed/, the
     rest lands; /metrics, /health/ready and `python -m app_patch.outbox` show them."""
-    flush_redis(redis_url)
-    settings = make_settings(db_url=dedicated_pg.url, redis_url=redis_url, data_dir=tmp_path)
+    settings = fresh_settings(db_url=dedicated_pg.url, redis_url=redis_url, data_dir=tmp_path)
     async with running_app(settings) as live, live.client(timeout=30) as client:
         await asyncio.to_thread(dedicated_pg.stop)
         deferred = [await upload(client, unique_text(f"deferred {n}")) for n in range(4)]
@@ -151,8 +148,8 @@ async def test_media_deleted_by_retention_is_404_at_once(
     )
     assert expired == 1
 
-    from app_patch.server_urls import redis_url as configured_redis
     from app_patch.cache import Kind, RedisCache
+    from app_patch.server_urls import redis_url as configured_redis
 
     cache = RedisCache(api.settings, configured_redis(api.settings))
 

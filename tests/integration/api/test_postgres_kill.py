@@ -34,12 +34,11 @@ from app_patch.embedded import EmbeddedPostgres
 from app_patch.retention import Policy, Sweeper, SweepReport
 from app_patch.settings import RetentionSettings
 from app_patch.storage import Storage
-from tests.integration.api.conftest import flush_redis
 from tests.integration.api.harness import (
     LiveApp,
     describe,
+    fresh_settings,
     job_rows,
-    make_settings,
     png_bytes,
     ready,
     running_app,
@@ -306,8 +305,7 @@ def job_id_of(answer: Answer) -> uuid.UUID:
 async def test_postgres_sigkill_under_uploads_loses_nothing(
     dedicated_pg: EmbeddedPostgres, redis_url: str, tmp_path: Path
 ) -> None:
-    flush_redis(redis_url)
-    settings = make_settings(db_url=dedicated_pg.url, redis_url=redis_url, data_dir=tmp_path)
+    settings = fresh_settings(db_url=dedicated_pg.url, redis_url=redis_url, data_dir=tmp_path)
     settings.retention = RetentionSettings(orphan_grace_s=0)
     async with (
         running_app(settings) as live,

@@ -12,12 +12,11 @@ from typing import Any
 import httpx
 
 from app_patch.embedded import EmbeddedPostgres
-from tests.integration.api.conftest import flush_redis
 from tests.integration.api.harness import (
     LiveApp,
     describe,
+    fresh_settings,
     job_rows,
-    make_settings,
     ready,
     running_app,
     scalar,
@@ -67,8 +66,7 @@ async def send_through_outage(
 async def test_uploads_survive_postgres_outage_and_replay_exactly_once(
     dedicated_pg: EmbeddedPostgres, redis_url: str, tmp_path: Path
 ) -> None:
-    flush_redis(redis_url)
-    settings = make_settings(db_url=dedicated_pg.url, redis_url=redis_url, data_dir=tmp_path)
+    settings = fresh_settings(db_url=dedicated_pg.url, redis_url=redis_url, data_dir=tmp_path)
     async with running_app(settings) as live, live.client(timeout=30) as client:
         responses, _ = await send_through_outage(client, dedicated_pg)
 
