@@ -49,6 +49,10 @@ def unavailable(what: str) -> HTTPException:
 OUTCOME_STATUS = {Outcome.created: 201, Outcome.existing: 200, Outcome.deferred: 202}
 
 
+PRINTABLE_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+PRINTABLE_HINT = "no control characters (no stored analysis type has one)"
+
+
 @router.post(
     "/analyses",
     status_code=201,
@@ -137,7 +141,9 @@ async def list_analyses(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     status: JobStatus | None = None,
-    analysis_type: Annotated[str | None, Query(max_length=64)] = None,
+    analysis_type: Annotated[
+        str | None, Query(max_length=64, pattern=PRINTABLE_PATTERN, description=PRINTABLE_HINT)
+    ] = None,
     created_from: datetime | None = None,
     created_to: datetime | None = None,
 ) -> HistoryPage:

@@ -116,6 +116,8 @@ async def test_limit_edges_are_accepted(client: httpx.AsyncClient, limit: str) -
     [
         ({"status": "exploded"}, "unknown status"),
         ({"created_from": "yesterday"}, "not a datetime"),
+        ({"analysis_type": "basic\x00"}, "a NUL byte, which PostgreSQL text cannot hold"),
+        ({"analysis_type": "basic\n"}, "a control character"),
     ],
 )
 async def test_bad_history_filters_are_422(
@@ -123,6 +125,7 @@ async def test_bad_history_filters_are_422(
 ) -> None:
     response = await client.get("/analyses", params=params)
     assert response.status_code == 422, f"{why}: {describe(response)}"
+    assert all(value not in response.text for value in params.values()), "echoed the input"
 
 
 @pytest.mark.parametrize(
