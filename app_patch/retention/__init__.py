@@ -30,12 +30,14 @@ row is newer than the file, and the rerun only unlinks it. Analysis history (``a
 ``analysis_results``) is never touched.
 
 Modules: ``policies`` (the policies, object kinds, the dated-folder rule), ``report``,
-``queries`` (the SQL), ``sweeper`` (``Sweeper`` and the row policies), ``quota``,
-``reconcile`` (``missing``), ``loose_files`` (``orphans``, ``tmp``), ``cli`` (entry points).
+``queries`` (the SQL), ``sweeper`` (``Sweeper``: identity, then the policies in order),
+``run`` (one sweep's state and the shared row-deletion steps), ``expired`` (``uploads``,
+``artifacts``), ``quota``, ``reconcile`` (``missing``), ``loose_files`` (``orphans``,
+``tmp``), ``outbox_keys`` (the keys outbox entries still need), ``cli`` (entry points).
 """
 
 from app_patch.retention.cli import main, run_sweep, sweep_configured
-from app_patch.retention.loose_files import OutboxKeys
+from app_patch.retention.outbox_keys import OutboxKeys
 from app_patch.retention.policies import (
     ALL_POLICIES,
     ObjectType,
@@ -46,16 +48,14 @@ from app_patch.retention.policies import (
 )
 from app_patch.retention.queries import retention_totals
 from app_patch.retention.report import PolicyTotals, ProgressCallback, SweepReport
-from app_patch.retention.sweeper import MediaDeleted, Sweeper
-
-# the names these had in the single module, for the tests that reach them
-_OutboxKeys = OutboxKeys
-_recent_artifact_dir = recent_artifact_dir
+from app_patch.retention.run import MediaDeleted
+from app_patch.retention.sweeper import Sweeper
 
 __all__ = [
     "ALL_POLICIES",
     "MediaDeleted",
     "ObjectType",
+    "OutboxKeys",
     "Policy",
     "PolicyTotals",
     "ProgressCallback",
@@ -64,6 +64,7 @@ __all__ = [
     "UnknownPolicyError",
     "main",
     "parse_policies",
+    "recent_artifact_dir",
     "retention_totals",
     "run_sweep",
     "sweep_configured",

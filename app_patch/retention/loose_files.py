@@ -22,14 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app_patch.file_locks import try_lock_keys_for_session, unlock_session_keys
 from app_patch.models import RetentionEvent
-from app_patch.outbox import FAILED, Outbox
 from app_patch.retention.policies import ObjectType, Policy
 from app_patch.retention.queries import audit_times, without_live_row
 from app_patch.storage import FileEntry, StorageError, StorageKeyError
 from app_patch.threads import in_thread
 
 if TYPE_CHECKING:
-    from app_patch.retention.sweeper import Run
+    from app_patch.retention.run import Run
 
 
 async def loose_files(run: Run, policy: Policy, areas: tuple[str, ...]) -> None:
@@ -173,50 +172,6 @@ class LooseBatch:
         except Exception:
             await self.conn.invalidate()  # never pool a connection that may keep the locks
             raise
-
-
-class OutboxKeys:
-    """The keys pending and failed outbox entries name, read once per sweep and re-checked
-    before every use by two ``stat`` calls instead of reading every entry again.
-
-    An entry appears, moves to ``failed/`` or comes back only by a rename into ``outbox/`` or
-    ``outbox/failed/``, which changes that directory's inode times. The stamps are taken
-    *before* the entries are read, so a change during the read shows at the next check. File
-    times are coarse (a clock tick), so a change in the same tick as an earlier one could keep
-    the stamp: stamps younger than ``SETTLE_NS`` at the read are never trusted (read again).
-    """
-
-    SETTLE_NS = 2_000_000_000
-
-    def __init__(self, outbox: Outbox) -> None:
-        self.outbox = outbox
-        self.dirs = (outbox.directory, outbox.directory / FAILED)
-        self.keys: set[str] = set()
-        self.stamps: tuple[tuple[int, int, int] | None, ...] | None = None
-        self.trusted = False
-        self.reads = 0
-
-    def _stamps(self) -> tuple[tuple[int, int, int] | None, ...]:
-        stamps: list[tuple[int, int, int] | None] = []
-        for directory in self.dirs:
-            try:
-                st = os.stat(directory)
-            except FileNotFoundError:
-                stamps.append(None)
-                continue
-            stamps.append((st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
-        return tuple(stamps)
-
-    def current(self) -> set[str]:
-        stamps = self._stamps()
-        if self.trusted and stamps == self.stamps:
-            return self.keys
-        now = time.time_ns()
-        self.keys = self.outbox.referenced_keys()
-        self.stamps = stamps
-        self.trusted = all(s is None or max(s[1], s[2]) < now - self.SETTLE_NS for s in stamps)
-        self.reads += 1
-        return self.keys
 
 
 def age_mark(policy: Policy, entry: FileEntry) -> float:

@@ -9,7 +9,7 @@ from app_patch.retention.policies import ARTIFACTS_KIND, MEDIA, Policy, Victim
 from app_patch.retention.queries import live_totals, quota_candidates
 
 if TYPE_CHECKING:
-    from app_patch.retention.sweeper import Run
+    from app_patch.retention.run import Run
 
 
 async def quota(run: Run) -> None:

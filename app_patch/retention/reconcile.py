@@ -18,7 +18,7 @@ from app_patch.storage import StorageKeyError
 from app_patch.threads import in_thread
 
 if TYPE_CHECKING:
-    from app_patch.retention.sweeper import Run
+    from app_patch.retention.run import Run
 
 
 async def missing(run: Run) -> None:

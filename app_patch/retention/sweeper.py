@@ -1,4 +1,4 @@
-"""The sweeper: applies the policies in order (``Run.apply``); the row policies live here.
+"""The sweeper: checks the root's identity, then applies the selected policies in order.
 
 Rows (``uploads``, ``artifacts``, and the batches of ``quota`` and ``missing``): one
 transaction per batch locks rows with ``FOR UPDATE SKIP LOCKED``, unlinks their files (an
@@ -11,53 +11,28 @@ longer matches, so each deletion is audited exactly once. Uploads wait on the sa
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import sys
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-from sqlalchemy import ColumnElement, any_, func, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app_patch import store_identity
-from app_patch.file_locks import try_lock_keys
-from app_patch.outbox import Outbox
-from app_patch.retention.loose_files import OutboxKeys, loose_files
+from app_patch.retention.expired import expired
+from app_patch.retention.loose_files import loose_files
 from app_patch.retention.policies import (
     ALL_POLICIES,
     ARTIFACTS_KIND,
     MEDIA,
     Policy,
-    RowKind,
-    Victim,
     recent_artifact_dir,
 )
-from app_patch.retention.queries import expired_clause, live_totals, mark_and_audit, uuid_array
 from app_patch.retention.quota import quota
 from app_patch.retention.reconcile import missing
-from app_patch.retention.report import PolicyTotals, ProgressCallback, SweepReport
+from app_patch.retention.report import ProgressCallback, SweepReport
+from app_patch.retention.run import MediaDeleted, Run
 from app_patch.settings import RetentionSettings
-from app_patch.storage import (
-    ARTIFACTS,
-    TMP,
-    UPLOADS,
-    Storage,
-    StorageError,
-    StorageUnavailableError,
-    sha256_of_upload_key,
-)
+from app_patch.storage import ARTIFACTS, TMP, UPLOADS, Storage
 from app_patch.threads import in_thread
-
-log = logging.getLogger(__name__)
-
-RECONCILE_MIN = 100  # reconciliation may always remove this many, whatever the fraction
-
-
-MediaDeleted = Callable[[list[str]], Awaitable[None]]
-"""Called after each commit with the sha256 of the media files it deleted (cache upkeep)."""
 
 
 class Sweeper:
@@ -94,198 +69,34 @@ class Sweeper:
         await self.check_identity()
         # a dry run's connections are READ ONLY: PostgreSQL itself refuses any write
         engine = self.engine.execution_options(postgresql_readonly=True) if dry_run else None
-        run = Run(self, engine, dry_run, on_progress or (lambda *_: None), selected)
+        run = Run(
+            engine or self.engine,
+            self.storage,
+            self.settings,
+            self.on_media_deleted,
+            dry_run,
+            on_progress or (lambda *_: None),
+            selected,
+        )
         started = time.monotonic()
         for policy in selected:
-            await run.apply(policy)
+            await self._apply(run, policy)
         if not dry_run and {Policy.artifacts, Policy.orphans} & set(selected):
             await in_thread(self.storage.prune_empty_dirs, ARTIFACTS, recent_artifact_dir)
         run.report.elapsed_s = time.monotonic() - started
         return run.report
 
-
-class Run:
-    """The state of one sweep."""
-
-    def __init__(
-        self,
-        sweeper: Sweeper,
-        engine: AsyncEngine | None,
-        dry_run: bool,
-        progress: ProgressCallback,
-        selected: tuple[Policy, ...],
-    ) -> None:
-        self.engine = engine or sweeper.engine
-        self.sweeper = sweeper
-        self.storage = sweeper.storage
-        self.settings = sweeper.settings
-        self.dry_run = dry_run
-        self.progress = progress
-        self.selected = selected
-        self.batch = self.settings.batch_size
-        self.report = SweepReport(dry_run, {p: PolicyTotals() for p in selected})
-        self.deleted_media: list[str] = []
-        self.outbox = OutboxKeys(Outbox(self.storage.outbox_dir, create=False))
-
-    async def apply(self, policy: Policy) -> None:
+    @staticmethod
+    async def _apply(run: Run, policy: Policy) -> None:
         if policy is Policy.uploads:
-            await self.expired(MEDIA)
+            await expired(run, MEDIA)
         elif policy is Policy.artifacts:
-            await self.expired(ARTIFACTS_KIND)
+            await expired(run, ARTIFACTS_KIND)
         elif policy is Policy.quota:
-            await quota(self)
+            await quota(run)
         elif policy is Policy.missing:
-            await missing(self)
+            await missing(run)
         elif policy is Policy.orphans:
-            await loose_files(self, Policy.orphans, (UPLOADS, ARTIFACTS))
+            await loose_files(run, Policy.orphans, (UPLOADS, ARTIFACTS))
         else:
-            await loose_files(self, Policy.tmp, (TMP,))
-
-    async def pause(self) -> None:
-        if self.settings.batch_pause_s:
-            await asyncio.sleep(self.settings.batch_pause_s)
-
-    # ---------------------------------------------------------- expired rows
-
-    async def expired(self, kind: RowKind) -> None:
-        model = kind.model
-        where = (model.deleted_at.is_(None), expired_clause(kind, self.settings))
-        async with self.engine.connect() as conn:
-            count, nbytes = (
-                await conn.execute(
-                    select(func.count(), func.coalesce(func.sum(model.size_bytes), 0)).where(*where)
-                )
-            ).one()
-        self.progress(kind.policy, 0, count)
-        if self.dry_run:
-            self.report.add(kind.policy, count, int(nbytes))
-            self.progress(kind.policy, count, count)
-            return
-        passed: set[uuid.UUID] = set()  # failed, or its key busy: not a candidate again
-        done = 0
-        for _ in range(count // self.batch + 2):
-            async with self.engine.begin() as conn:
-                query = select(model.id, model.storage_key).where(*where).limit(self.batch)
-                if passed:
-                    query = query.where(model.id.not_in(passed))
-                candidates = (await conn.execute(query)).all()
-                if not candidates:
-                    break
-                rows = await self.lock(conn, kind, candidates, passed, *where)
-                victims = [Victim(kind, r.id, r.storage_key, r.size_bytes, "expired") for r in rows]
-                deleted = await self.delete_rows(conn, kind.policy, victims, passed)
-            await self.committed()
-            done += deleted
-            self.progress(kind.policy, done, count)
-            await self.pause()
-
-    async def lock(
-        self,
-        conn: AsyncConnection,
-        kind: RowKind,
-        candidates: Sequence[Any],
-        passed: set[uuid.UUID],
-        *still: ColumnElement[bool],
-    ) -> Sequence[Any]:
-        """``file_locks`` steps 1 and 2 for rows: key locks (busy keys, and keys a pending or
-        failed outbox entry names, skipped), then row locks (locked rows skipped), re-reading
-        each row under both (``still`` must hold)."""
-        free = await try_lock_keys(conn, [c.storage_key for c in candidates])
-        free -= await self.outbox_keys()  # a job answered during an outage still needs it
-        model = kind.model
-        ids = [c.id for c in candidates if c.storage_key in free]
-        rows: Sequence[Any] = []
-        if ids:
-            rows = (
-                await conn.execute(
-                    select(model.id, model.storage_key, model.size_bytes)
-                    .where(model.id == any_(uuid_array(ids)), model.deleted_at.is_(None), *still)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
-        got = {r.id for r in rows}
-        busy = [c.id for c in candidates if c.id not in got]
-        passed.update(busy)
-        self.report.skipped += len(busy)
-        return rows
-
-    async def committed(self) -> None:
-        """After a commit: tell the cache which media files are gone."""
-        gone, self.deleted_media = self.deleted_media, []
-        if gone and self.sweeper.on_media_deleted is not None:
-            try:
-                await self.sweeper.on_media_deleted(gone)
-            except Exception as exc:  # the cache is never the source of truth
-                log.warning("retention: cache not told about %d deletions: %s", len(gone), exc)
-
-    async def delete_rows(
-        self,
-        conn: AsyncConnection,
-        policy: Policy,
-        victims: list[Victim],
-        failed: set[uuid.UUID],
-    ) -> int:
-        """Unlink the files of locked rows, then mark them deleted and audit them (same txn)."""
-        outcomes = await in_thread(self.unlink_all, [v.key for v in victims])
-        done: list[Victim] = []
-        unavailable = 0
-        for victim, outcome in zip(victims, outcomes, strict=True):
-            if isinstance(outcome, StorageError):
-                failed.add(victim.id)
-                unavailable += isinstance(outcome, StorageUnavailableError)
-                self.report.error(f"{victim.kind.object_type} {victim.id}: {outcome}")
-                continue
-            note = "" if outcome or policy is Policy.missing else " (file was already gone)"
-            done.append(
-                Victim(victim.kind, victim.id, victim.key, victim.size, victim.reason + note)
-            )
-        if unavailable and not done:
-            raise StorageUnavailableError(f"storage unavailable: {self.report.errors[-1]}")
-        for kind in (MEDIA, ARTIFACTS_KIND):
-            mine = [v for v in done if v.kind is kind]
-            if mine:
-                await mark_and_audit(conn, kind, policy, mine)
-        self.report.add(policy, len(done), sum(v.size for v in done))
-        self.deleted_media += [
-            sha for v in done if v.kind is MEDIA and (sha := sha256_of_upload_key(v.key))
-        ]
-        return len(done)
-
-    def unlink_all(self, keys: list[str]) -> list[bool | StorageError]:
-        """Per key: True removed, False already gone, or the refusal/failure (keys of the
-        store's own shape are checked without a ``realpath``, each directory once per batch:
-        ``Storage.generated_path_for``)."""
-        results: list[bool | StorageError] = []
-        with self.storage.dirs_checked_once():
-            for key in keys:
-                try:
-                    results.append(self.storage.remove(key))
-                except StorageError as exc:
-                    results.append(exc)
-        return results
-
-    # ---------------------------------------------------------- reconciliation guard
-
-    async def guard_limit(self) -> int:
-        """How many rows/files reconciliation may remove in one run before it refuses.
-
-        A wrong MA_STORAGE_ROOT makes every row look "missing" and a wrong database makes
-        every file look "orphaned"; both scan first and refuse above this, removing nothing.
-        """
-        fraction = self.settings.reconcile_max_fraction
-        if fraction >= 1:
-            return sys.maxsize  # the operator disabled the guard
-        async with self.engine.connect() as conn:
-            _, live = await live_totals(conn)
-        return max(RECONCILE_MIN, int(live * fraction))
-
-    def refuse(self, policy: Policy, found: int, limit: int) -> None:
-        self.report.error(
-            f"{policy}: refused, {found}+ objects would go (limit {limit}); check "
-            "MA_STORAGE_ROOT and the database URL, or raise MA_RETENTION_RECONCILE_MAX_FRACTION"
-        )
-
-    async def outbox_keys(self) -> set[str]:
-        """Files of jobs answered while PostgreSQL was down: they get their rows at replay.
-        Read once per sweep, re-read only when an outbox directory changed (``OutboxKeys``)."""
-        return await in_thread(self.outbox.current)
+            await loose_files(run, Policy.tmp, (TMP,))

@@ -234,17 +234,17 @@ async def test_history_is_never_deleted(
 
 
 def test_recent_artifact_folders_are_kept() -> None:
-    from app_patch.retention import _recent_artifact_dir
+    from app_patch.retention import recent_artifact_dir
 
     today = date.today()
-    assert _recent_artifact_dir(f"artifacts/{today:%Y/%m/%d}")
-    assert _recent_artifact_dir(f"artifacts/{today:%Y/%m}")
-    assert _recent_artifact_dir(f"artifacts/{today:%Y}")
-    assert not _recent_artifact_dir("artifacts/2020/01/01")
-    assert not _recent_artifact_dir("artifacts/2020")
-    assert _recent_artifact_dir("artifacts/not-a-year")
+    assert recent_artifact_dir(f"artifacts/{today:%Y/%m/%d}")
+    assert recent_artifact_dir(f"artifacts/{today:%Y/%m}")
+    assert recent_artifact_dir(f"artifacts/{today:%Y}")
+    assert not recent_artifact_dir("artifacts/2020/01/01")
+    assert not recent_artifact_dir("artifacts/2020")
+    assert recent_artifact_dir("artifacts/not-a-year")
     key = artifact_key(uuid.uuid4(), "k", "bin", today)
-    assert _recent_artifact_dir(key.rsplit("/", 1)[0])
+    assert recent_artifact_dir(key.rsplit("/", 1)[0])
 
 
 async def test_wrong_database_does_not_wipe_the_store(

@@ -123,7 +123,7 @@ def test_outbox_keys_are_read_once_and_again_after_every_change(tmp_path: Path) 
     outbox = Outbox(tmp_path / "outbox")
     first = upload_key("a" * 64)
     _outbox_entry_for(outbox, first)
-    keys = retention._OutboxKeys(Outbox(outbox.directory, create=False))
+    keys = retention.OutboxKeys(Outbox(outbox.directory, create=False))
 
     assert keys.current() == {first}
     assert keys.reads == 1
