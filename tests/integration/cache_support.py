@@ -1,13 +1,18 @@
-"""What the Redis cache tests share: settings with explicit TTLs, and the raw bytes of an
-entry as the cache wrote them (no tests here; the fixtures are in conftest.py)."""
+"""What the Redis cache tests share: settings with explicit TTLs, the raw bytes of an entry as
+the cache wrote them, and a media row to look up (no tests here; the fixtures are in
+conftest.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app_patch.models import MediaFile
 from app_patch.settings import CacheSettings, RedisSettings, Settings
+
+Sessions = async_sessionmaker[AsyncSession]
 
 
 def make_settings(**cache: Any) -> Settings:
@@ -33,3 +38,16 @@ async def stored(raw: Redis, key: str) -> bytes:
     value = await raw.get(key)
     assert isinstance(value, bytes), f"{key}: {value!r}"
     return value
+
+
+async def insert_media(sessions: Sessions, sha256: str, size: int = 10) -> None:
+    async with sessions.begin() as session:
+        session.add(
+            MediaFile(
+                sha256=sha256,
+                size_bytes=size,
+                content_type="image/png",
+                original_name="a.png",
+                storage_key=f"uploads/{sha256}",
+            )
+        )

@@ -1,6 +1,6 @@
 """Fixtures the integration tests share: a file store under the test's tmp_path; a raw
 client on the shared Redis (emptied first), a cache with explicit TTLs on it, and the history
-service and media lookup over that cache."""
+service and media lookup over that cache; a fresh database at head for the role tests."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app_patch import migrate as migrations
 from app_patch.cache import RedisCache
 from app_patch.media_lookup import MediaLookup
 from app_patch.service import HistoryService
 from app_patch.storage import Storage
+from tests.conftest import DatabaseFactory, database_name
 from tests.integration.cache_support import make_settings
+from tests.integration.db_roles_support import Db
 from tests.integration.test_storage_support import storage_settings
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -50,3 +53,11 @@ def service(session_factory: Sessions, cache: RedisCache) -> HistoryService:
 @pytest.fixture
 def media_lookup(session_factory: Sessions, cache: RedisCache) -> MediaLookup:
     return MediaLookup(session_factory, cache)
+
+
+@pytest.fixture
+def db(databases: DatabaseFactory) -> Db:
+    owner = databases.create("roles")
+    migrations.upgrade(owner)
+    name = database_name(owner)
+    return Db(databases.admin_url_of(name), owner, databases.roles.app_url(owner))

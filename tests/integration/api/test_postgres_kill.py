@@ -11,22 +11,15 @@ whether its COMMIT landed) and the next start runs crash recovery.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import os
-import signal
 import statistics
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import psycopg
 
 from app_patch.db import create_engine, libpq_url
@@ -36,222 +29,18 @@ from app_patch.settings import RetentionSettings
 from app_patch.storage import Storage
 from tests.integration.api.harness import (
     LiveApp,
-    describe,
     fresh_settings,
     job_rows,
-    png_bytes,
     ready,
     running_app,
     scalar,
-    unique_text,
-    upload,
     wait_for,
 )
+from tests.integration.api.kill_traffic import N_LOOPS, ROUNDS, Answer, run_traffic
 
-N_LOOPS = 16
-ROUNDS = 3
-WARMUP_S = 1.0  # traffic before the first kill (later rounds: the previous round's tail)
-DOWN_S = 2.0  # from the SIGKILL to the restart
-UP_AFTER_RESTART_S = 2.0  # traffic after each restart
 REQUEST_TIMEOUT_S = 30.0
-TRAFFIC_BUDGET_S = 90.0  # the whole chaos phase, loops included
 RECOVERY_TIMEOUT_S = 60.0
-KILL_WAIT_S = 15.0  # for the killed postmaster (and its backends) to be gone
-MAX_UPLOADS_PER_LOOP = 2000  # bounds each loop; also keeps png seeds distinct (< 65536)
-KEYED_LOOP_EVERY = 4  # every 4th loop sends an Idempotency-Key (a fresh one per upload)
 LEAK_MARKERS = ("SQL", "parameters", "Traceback")
-
-
-# --------------------------------------------------------------------------- killing
-
-
-@dataclass(frozen=True)
-class Kill:
-    pid: int
-    backends: int  # children of the postmaster when it was killed
-    backends_killed: int  # of those, still alive once the postmaster was gone
-    gone_after_s: float
-    stale_files_removed: bool
-
-
-def _gone(proc: psutil.Process) -> bool:
-    """Exited; a zombie counts as gone only for the caller that does not need the pid free."""
-    try:
-        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def _wait(predicate: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    for _ in range(int(timeout_s / 0.02) + 1):
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
-    return predicate()
-
-
-def kill_postmaster(data_dir: Path) -> Kill:
-    """SIGKILL the postmaster of ``data_dir``; return once ``restart()`` can start a new one.
-
-    The postmaster is not our child, so its zombie is reaped by PID 1 (about once a second
-    here). PostgreSQL refuses to start while the pid in ``postmaster.pid`` (and in the socket
-    lock file) still exists, zombie included, and pgserver's ``restart()`` believes such a
-    server is running, so: wait until the pid is really free, SIGKILL any backend that
-    outlived the postmaster, and only if a zombie is never reaped remove the stale lock files
-    (nobody holds them: a zombie has no memory, sockets or files).
-    """
-    pid = int((data_dir / "postmaster.pid").read_text().splitlines()[0])
-    postmaster = psutil.Process(pid)
-    backends = postmaster.children(recursive=True)
-    started = time.monotonic()
-    os.kill(pid, signal.SIGKILL)
-    assert _wait(lambda: _gone(postmaster), KILL_WAIT_S), f"postmaster {pid} survived SIGKILL"
-    survivors = [proc for proc in backends if not _gone(proc)]
-    for proc in survivors:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-    assert _wait(lambda: all(_gone(proc) for proc in backends), KILL_WAIT_S), [
-        proc.pid for proc in backends if not _gone(proc)
-    ]
-    reaped = _wait(lambda: not psutil.pid_exists(pid), KILL_WAIT_S)
-    gone_after = time.monotonic() - started
-    if not reaped:  # a zombie nobody reaps: its lock files are stale
-        assert postmaster.status() == psutil.STATUS_ZOMBIE, f"postmaster {pid} still running"
-        (data_dir / "postmaster.pid").unlink(missing_ok=True)
-        for lock in data_dir.glob(".s.PGSQL.*.lock"):
-            lock.unlink(missing_ok=True)
-    return Kill(pid, len(backends), len(survivors), gone_after, not reaped)
-
-
-# --------------------------------------------------------------------------- traffic
-
-
-@dataclass(frozen=True)
-class Answer:
-    loop: int
-    seq: int
-    phase: str  # "up" or "down" when the request was sent
-    sent_at: float  # time.monotonic()
-    status: int
-    body: str
-    seconds: float
-    deferred_header: str | None
-    described: str
-
-
-@dataclass(frozen=True)
-class Dropped:
-    loop: int
-    seq: int
-    phase: str
-    error: str
-    seconds: float
-
-
-@dataclass
-class Traffic:
-    phase: str = "up"
-    answers: list[Answer] = field(default_factory=list)
-    dropped: list[Dropped] = field(default_factory=list)
-
-
-@dataclass
-class RoundTiming:
-    kill: Kill
-    down_s: float  # SIGKILL sent -> restart returned
-    restart_s: float  # the restart() call alone
-    restarted_at: float  # time.monotonic() when restart() returned
-
-
-def content_for(loop: int, seq: int) -> tuple[bytes, str, str]:
-    """Distinct bytes per upload: text for even loops, a small PNG for odd ones."""
-    if loop % 2:
-        return png_bytes(9, 7, seed=loop * MAX_UPLOADS_PER_LOOP + seq), "pixel.png", "image/png"
-    return unique_text(f"kill-{loop}-{seq}"), "note.txt", "text/plain"
-
-
-async def upload_loop(
-    client: httpx.AsyncClient, loop: int, stop: asyncio.Event, traffic: Traffic
-) -> None:
-    for seq in range(MAX_UPLOADS_PER_LOOP):
-        if stop.is_set():
-            return
-        content, filename, content_type = content_for(loop, seq)
-        key = f"kill-{loop}-{seq}-{uuid.uuid4()}" if loop % KEYED_LOOP_EVERY == 0 else None
-        phase = traffic.phase
-        started = time.monotonic()
-        try:
-            response = await upload(
-                client,
-                content,
-                analysis_type="basic",
-                filename=filename,
-                content_type=content_type,
-                idempotency_key=key,
-            )
-        except httpx.TransportError as exc:  # connection dropped, reset, refused or timed out
-            error = f"{type(exc).__name__}: {exc!r}"
-            traffic.dropped.append(Dropped(loop, seq, phase, error, time.monotonic() - started))
-            continue
-        traffic.answers.append(
-            Answer(
-                loop=loop,
-                seq=seq,
-                phase=phase,
-                sent_at=started,
-                status=response.status_code,
-                body=response.text,
-                seconds=time.monotonic() - started,
-                deferred_header=response.headers.get("X-History-Deferred"),
-                described=describe(response),
-            )
-        )
-
-
-async def chaos(pg: EmbeddedPostgres, traffic: Traffic, timings: list[RoundTiming]) -> None:
-    await asyncio.sleep(WARMUP_S)
-    for _ in range(ROUNDS):
-        killed_at = time.monotonic()
-        traffic.phase = "down"
-        kill = await asyncio.to_thread(kill_postmaster, pg.data_dir)
-        await asyncio.sleep(max(0.0, DOWN_S - (time.monotonic() - killed_at)))
-        restart_started = time.monotonic()
-        await asyncio.to_thread(pg.restart)
-        restarted_at = time.monotonic()
-        traffic.phase = "up"
-        timings.append(
-            RoundTiming(
-                kill, restarted_at - killed_at, restarted_at - restart_started, restarted_at
-            )
-        )
-        await asyncio.sleep(UP_AFTER_RESTART_S)
-
-
-async def run_traffic(
-    client: httpx.AsyncClient, pg: EmbeddedPostgres
-) -> tuple[Traffic, list[RoundTiming]]:
-    traffic = Traffic()
-    timings: list[RoundTiming] = []
-    stop = asyncio.Event()
-    loops = [
-        asyncio.create_task(upload_loop(client, i, stop, traffic), name=f"upload-{i}")
-        for i in range(N_LOOPS)
-    ]
-    try:
-        async with asyncio.timeout(TRAFFIC_BUDGET_S):
-            try:
-                await chaos(pg, traffic, timings)
-            finally:
-                stop.set()
-            await asyncio.gather(*loops)
-    finally:
-        for task in loops:
-            task.cancel()
-        await asyncio.gather(*loops, return_exceptions=True)
-    return traffic, timings
 
 
 # --------------------------------------------------------------------------- checks
