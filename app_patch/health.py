@@ -23,7 +23,7 @@ PROBE_TIMEOUT_S = 2.0
 
 def _instance_id() -> str:
     """Random per process; ``MA_API_INSTANCE_ID`` (32 hex digits) when the process that
-    spawned this one chose it (``infra.local_api``), so it can tell its API from another."""
+    spawned this one chose it (``infra.engines.local_api``), so it can tell its API from another."""
     given = os.environ.get("MA_API_INSTANCE_ID", "").strip()
     return given if re.fullmatch(r"[0-9a-f]{32}", given) else uuid.uuid4().hex
 

@@ -62,8 +62,9 @@ def build_images(c: Context) -> None:
 def verify_containers(c: Context) -> None:
     """testinfra checks of the running containers; non-zero exit when any fails."""
     from infra import verify as checks
+    from infra.engines.record import config_or_env
 
     with task_errors():
-        code = checks.report(checks.run_checks(), console)
+        code = checks.report(checks.run_checks(config_or_env()), console)
     if code:
         raise Exit(code=code)

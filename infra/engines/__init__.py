@@ -16,16 +16,10 @@ from __future__ import annotations
 import os
 
 from infra.config import ConfigError
-from infra.engines.base import (
-    DownPlan,
-    EngineError,
-    EngineKind,
-    StackEndpoints,
-    StackEngine,
-    UpRequest,
-)
+from infra.engines.base import DownPlan, StackEndpoints, StackEngine, UpRequest
 from infra.engines.compose import ComposeEngine
 from infra.engines.embedded import EmbeddedEngine
+from infra.engines.kinds import EngineError, EngineKind
 from infra.engines.pulumi import PulumiEngine
 from infra.engines.record import StackRecord
 from infra.engines.swarm import SwarmEngine

@@ -12,26 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
-from app_patch.errors import OperatorError
+from infra.engines.kinds import EngineKind
 
 if TYPE_CHECKING:
     from infra.engines.record import StackRecord
     from infra.progress import Progress
-    from infra.verify import CheckResult
-
-
-class EngineKind(StrEnum):
-    PULUMI = "pulumi"
-    COMPOSE = "compose"
-    EMBEDDED = "embedded"
-    SWARM = "swarm"
-
-
-class EngineError(OperatorError):
-    """The engine refused or failed; the message is one line that says what to do."""
+    from infra.verify.results import CheckResult
 
 
 Log = Callable[[str], None]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from infra.engines.base import EngineError
+from infra.engines.kinds import EngineError
 from infra.progress import CommandFailed, Progress, run_streaming
 
 

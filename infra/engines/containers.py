@@ -11,7 +11,8 @@ from docker.errors import DockerException, NotFound
 
 from infra import docker_host
 from infra.config import ConfigError, StackConfig
-from infra.engines.base import EngineError, EngineKind, StackEndpoints
+from infra.engines.base import StackEndpoints
+from infra.engines.kinds import EngineError, EngineKind
 from infra.engines.record import OWNER_LABEL, StackRecord
 from infra.stack import API_PORT, POSTGRES_PORT, REDIS_PORT, build_stack
 

@@ -1,7 +1,7 @@
 """The embedded engine: no containers. PostgreSQL from pgserver (with its owner and app
 roles) and a loopback ``redis-server`` under the settings' data dir, exactly as the app's own
 bootstrap starts them (Unix socket / loopback only, so no passwords), and the API as a local
-background process (:mod:`infra.local_api`) whose port is checked before anything starts.
+background process (:mod:`infra.engines.local_api`) whose port is checked before anything starts.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from infra import local_api
-from infra.engines import record
-from infra.engines.base import DownPlan, EngineError, EngineKind, StackEndpoints
+from infra.engines import local_api, record
+from infra.engines.base import DownPlan, StackEndpoints
+from infra.engines.kinds import EngineError, EngineKind
 from infra.progress import Progress
 from infra.verify import CheckResult
 

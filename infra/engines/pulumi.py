@@ -29,8 +29,9 @@ from app_patch.settings import PROJECT_ROOT
 from infra import docker_host
 from infra.config import ConfigError, StackConfig, config_from_source, pulumi_key
 from infra.engines import containers, record
-from infra.engines.base import DownPlan, EngineError, EngineKind, StackEndpoints
+from infra.engines.base import DownPlan, StackEndpoints
 from infra.engines.cli import stream_cli
+from infra.engines.kinds import EngineError, EngineKind
 from infra.progress import CommandFailed, Progress
 from infra.stack import build_stack
 from infra.verify import CheckResult, run_checks
@@ -243,8 +244,7 @@ class PulumiEngine:
         raise EngineError(NO_DEPLOY)
 
     def checks(self, endpoints: StackEndpoints) -> list[CheckResult]:
-        recorded = record.load()
-        return run_checks(recorded.config if recorded is not None else None)
+        return run_checks(record.config_or_env())
 
 
 def _remove_container(name: str) -> None:

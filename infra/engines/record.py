@@ -20,11 +20,20 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from infra.config import DATA_DIR, StackConfig
-from infra.engines.base import EngineError, EngineKind
+from infra.config import DATA_DIR, StackConfig, config_from_env
+from infra.engines.kinds import EngineError, EngineKind
 from infra.stack import OWNER_LABEL
 
-__all__ = ["OWNER_LABEL", "StackRecord", "checkout_owner", "clear", "load", "save", "state_file"]
+__all__ = [
+    "OWNER_LABEL",
+    "StackRecord",
+    "checkout_owner",
+    "clear",
+    "config_or_env",
+    "load",
+    "save",
+    "state_file",
+]
 STATE_ENV = "MA_INFRA_STATE_FILE"
 
 
@@ -97,6 +106,12 @@ def load() -> StackRecord | None:
         api_url=raw.get("api_url") or raw.get("local_api"),
         extra={k: v for k, v in raw.get("extra", {}).items()},
     )
+
+
+def config_or_env() -> StackConfig:
+    """The recorded stack's config, else the ``MA_INFRA_*`` environment's."""
+    found = load()
+    return (found.config if found else None) or config_from_env(os.environ)
 
 
 def load_for(kind: EngineKind) -> StackRecord | None:

@@ -12,15 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import pulumi
+import pulumi.dynamic
 import pulumi_docker as docker
 
 from infra.spec import Service, Stack
-
-if TYPE_CHECKING:
-    from infra.pulumi_program import PidsLimit
 
 NETWORK_IGNORE_CHANGES = ["driver", "labels"]
 """The network inputs we set that the provider marks ForceNew besides ``name`` (which is also
@@ -54,7 +52,8 @@ class Rendered:
     containers: dict[str, docker.Container] = field(default_factory=dict)
     secret_volumes: dict[str, docker.Volume] = field(default_factory=dict)
     secret_loaders: dict[str, docker.Container] = field(default_factory=dict)
-    pids_limits: dict[str, PidsLimit] = field(default_factory=dict)
+    pids_limits: dict[str, pulumi.dynamic.Resource] = field(default_factory=dict)
+    """Each a :class:`infra.pulumi_program.PidsLimit` (the program adds them after rendering)."""
     services: dict[str, docker.Service] = field(default_factory=dict)
     swarm_secrets: dict[str, docker.Secret] = field(default_factory=dict)
 

@@ -14,12 +14,12 @@ One job per module: ``results`` (the result, running one check, the report), ``h
 testinfra hosts), ``network`` (health, aliases, ports, the proxy, the storage volume),
 ``hardening``, ``exposure`` (secrets in ``docker inspect``, forwarded headers), ``servers``
 (PostgreSQL role, Redis, Prometheus), ``boundary`` (the checks both runners list),
-``containers`` (:func:`run_checks`, one engine) and ``swarm_checks`` (:func:`run_swarm_checks`).
+and ``containers`` (:func:`run_checks`, one engine). The swarm engine's checks are its own
+(:mod:`infra.engines.swarm.checks`), built from these modules.
 """
 
 from infra.verify.containers import run_checks
 from infra.verify.results import Check, CheckFailed, CheckResult, report, run_check
-from infra.verify.swarm_checks import run_swarm_checks
 
 __all__ = [
     "Check",
@@ -28,5 +28,4 @@ __all__ = [
     "report",
     "run_check",
     "run_checks",
-    "run_swarm_checks",
 ]

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from functools import partial
 
 from infra import docker_host
-from infra.config import StackConfig, config_from_env
+from infra.config import StackConfig
 from infra.stack import POSTGRES_PORT, api_replica_names, build_stack
 from infra.verify.boundary import api_checks, redis_auth_check, redis_user_checks, storage_check
 from infra.verify.exposure import no_secret_exposed
@@ -22,13 +21,13 @@ from infra.verify.results import Check, CheckResult, run_check
 from infra.verify.servers import database_role, prometheus_rules, prometheus_targets
 
 
-def run_checks(config: StackConfig | None = None) -> list[CheckResult]:
-    """All checks for the stack described by ``config`` (default: what ``up`` recorded,
-    else the ``MA_INFRA_*`` environment).
+def run_checks(config: StackConfig) -> list[CheckResult]:
+    """All checks for the stack described by ``config`` (the callers pass
+    :func:`infra.engines.record.config_or_env`: what ``up`` recorded, else the ``MA_INFRA_*``
+    environment).
 
     Hardening and secret exposure are checked for every container this stack declares (in
     external mode the shared servers are someone else's: only their health and network)."""
-    config = config if config is not None else _recorded_config()
     spec = build_stack(config)
     ours = {service.name: service for service in spec.services}
     names = (
@@ -91,10 +90,3 @@ def run_checks(config: StackConfig | None = None) -> list[CheckResult]:
     if config.redis_host in ours:
         checks += redis_user_checks(config, lambda: config)
     return [run_check(name, check) for name, check in checks]
-
-
-def _recorded_config() -> StackConfig:
-    from infra.engines import record
-
-    found = record.load()
-    return (found.config if found else None) or config_from_env(os.environ)

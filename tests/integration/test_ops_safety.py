@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from infra import engines, local_api
+from infra import engines
 from infra.docker_host import daemon_answers
-from infra.engines import EngineKind
+from infra.engines import EngineKind, local_api
 from infra.loopback import free_port
 from tests.integration.task_runs import SCRUBBED, invoke, one_error_line
 

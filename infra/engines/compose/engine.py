@@ -10,9 +10,10 @@ from typing import ClassVar
 from infra import docker_host, images
 from infra.config import StackConfig, config_from_env, secrets_for, secrets_from_env
 from infra.engines import containers, record
-from infra.engines.base import DeployRequest, DownPlan, EngineKind, StackEndpoints, UpRequest
+from infra.engines.base import DeployRequest, DownPlan, StackEndpoints, UpRequest
 from infra.engines.compose.project import adopt_existing, rendered_path, start, stop, volume_plan
 from infra.engines.compose.rollout import Rollout
+from infra.engines.kinds import EngineKind
 from infra.progress import Progress
 from infra.stack import api_replica_names, build_stack
 from infra.verify import CheckResult, run_checks
@@ -123,8 +124,7 @@ class ComposeEngine:
         stop(build_stack(config, recorded.owner), rendered_path(), remove_volumes, progress)
 
     def checks(self, endpoints: StackEndpoints) -> list[CheckResult]:
-        recorded = record.load()
-        return run_checks(recorded.config if recorded is not None else None)
+        return run_checks(record.config_or_env())
 
     def deploy(
         self, recorded: record.StackRecord, request: DeployRequest, progress: Progress

@@ -14,8 +14,9 @@ from docker.errors import NotFound
 
 from infra import compose, docker_host, secrets_file
 from infra.engines import record
-from infra.engines.base import DownPlan, EngineError, EngineKind
+from infra.engines.base import DownPlan
 from infra.engines.cli import stream_cli
+from infra.engines.kinds import EngineError, EngineKind
 from infra.progress import Progress, Quiet
 from infra.spec import Stack
 

@@ -9,8 +9,9 @@ from dataclasses import replace
 from infra import compose, docker_host, proxy
 from infra.config import StackConfig
 from infra.engines import record
-from infra.engines.base import DeployRequest, EngineError
+from infra.engines.base import DeployRequest
 from infra.engines.compose.project import adopt_existing, rendered_path, run, start, stop
+from infra.engines.kinds import EngineError
 from infra.progress import Progress
 from infra.spec import Network, Stack, Volume
 from infra.stack import STORAGE_VOLUME

@@ -26,7 +26,8 @@ automatically).
 
 Modules: ``cluster`` (the manager, the docker CLI, the network, the storage node), ``services``
 (the stack's services and their tasks), ``stack_file`` (the stack file and its secrets),
-``waits`` (bounded waits), ``rollout`` (``deploy``), ``engine`` (:class:`SwarmEngine`).
+``waits`` (bounded waits), ``rollout`` (``deploy``), ``checks`` (its ``verify`` checks),
+``engine`` (:class:`SwarmEngine`).
 """
 
 from infra.engines.swarm.cluster import (

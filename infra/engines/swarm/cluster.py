@@ -7,8 +7,8 @@ from contextlib import closing
 
 from infra import docker_host
 from infra.config import StackConfig
-from infra.engines.base import EngineError
 from infra.engines.cli import stream_cli
+from infra.engines.kinds import EngineError
 from infra.progress import Progress
 from infra.stack import STORAGE_NODE_LABEL
 

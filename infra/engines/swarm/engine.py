@@ -14,7 +14,9 @@ from docker.errors import NotFound
 from infra import docker_host, images
 from infra.config import StackConfig, config_from_env, secrets_for, secrets_from_env
 from infra.engines import containers, record
-from infra.engines.base import DownPlan, EngineError, EngineKind, StackEndpoints
+from infra.engines.base import DownPlan, StackEndpoints
+from infra.engines.kinds import EngineError, EngineKind
+from infra.engines.swarm.checks import run_swarm_checks
 from infra.engines.swarm.cluster import (
     BRIDGE_REFUSAL,
     SwarmError,
@@ -200,8 +202,6 @@ class SwarmEngine:
                     engine.volumes.get(name).remove()
 
     def checks(self, endpoints: StackEndpoints) -> list[CheckResult]:
-        from infra.verify import run_swarm_checks
-
         found = record.load()
         config = self._config(found)
         spec = self._spec(config, found.owner if found else None)

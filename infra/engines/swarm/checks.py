@@ -11,6 +11,7 @@ from typing import Any
 
 from infra import proxy
 from infra.config import StackConfig
+from infra.engines.swarm.services import full_name, server_address, task_container, task_containers
 from infra.spec import SECRETS_DIR, Service, Stack
 from infra.verify.boundary import api_checks, redis_auth_check, redis_user_checks, storage_check
 from infra.verify.exposure import (
@@ -32,19 +33,17 @@ def run_swarm_checks(config: StackConfig, spec: Stack) -> list[CheckResult]:
     the overlay, the secrets mounted as the spec says and in no service spec, nothing
     published but the API's port, the hardening swarm supports, the proxy routing to every
     API task, and the same trust-boundary checks as on one engine."""
-    from infra.engines import swarm
-
     checks: list[Check] = []
     tasks: dict[str, str] = {}
 
     def task(name: str) -> str:
         if name not in tasks:
-            tasks[name] = swarm.task_container(spec, name)
+            tasks[name] = task_container(spec, name)
         return tasks[name]
 
     names = [service.name for service in spec.services]
     for service in spec.services:
-        full = swarm.full_name(spec, service.name)
+        full = full_name(spec, service.name)
         checks += [
             (
                 f"{full}: {service.deploy.replicas} replica(s) running and healthy",
@@ -94,19 +93,15 @@ def _swarm_hardened(service: Service, task: Callable[[str], str]) -> str:
 
 
 def _service_attrs(spec: Stack, name: str) -> dict[str, Any]:
-    from infra.engines import swarm
-
-    result = local().run("docker service inspect %s", swarm.full_name(spec, name))
+    result = local().run("docker service inspect %s", full_name(spec, name))
     if result.rc != 0:
-        raise CheckFailed(f"no swarm service {swarm.full_name(spec, name)}")
+        raise CheckFailed(f"no swarm service {full_name(spec, name)}")
     attrs: dict[str, Any] = json.loads(result.stdout)[0]
     return attrs
 
 
 def _swarm_replicas(spec: Stack, service: Service) -> str:
-    from infra.engines import swarm
-
-    full = swarm.full_name(spec, service.name)
+    full = full_name(spec, service.name)
     listing = local().run(
         "docker service ps --filter desired-state=running --format '{{.CurrentState}}' %s", full
     )
@@ -114,7 +109,7 @@ def _swarm_replicas(spec: Stack, service: Service) -> str:
     running = states.count("Running")
     if running != service.deploy.replicas:
         raise CheckFailed(f"{running} of {service.deploy.replicas} running ({', '.join(states)})")
-    containers = swarm.task_containers(spec, service.name)
+    containers = task_containers(spec, service.name)
     health = [str((c["State"].get("Health") or {}).get("Status", "none")) for c in containers]
     unhealthy = [h for h in health if h != "healthy"]
     if unhealthy or len(containers) != service.deploy.replicas:
@@ -195,11 +190,9 @@ def _swarm_published(config: StackConfig, spec: Stack) -> str:
 
 def _swarm_task_addresses(config: StackConfig, spec: Stack) -> set[str]:
     """The API tasks' addresses on the overlay (what ``tasks.<api>`` resolves to)."""
-    from infra.engines import swarm
-
     listing = local().run(
         "docker service ps -q --filter desired-state=running %s",
-        swarm.full_name(spec, config.api_name),
+        full_name(spec, config.api_name),
     )
     addresses = set()
     for task_id in listing.stdout.split():
@@ -219,8 +212,4 @@ def _swarm_proxy(config: StackConfig, spec: Stack, task: Callable[[str], str]) -
 
 
 def _swarm_database_role(config: StackConfig, spec: Stack, task: Callable[[str], str]) -> str:
-    from infra.engines import swarm
-
-    return database_role(
-        task(config.api_name), partial(swarm.server_address, spec, config.postgres_host)
-    )
+    return database_role(task(config.api_name), partial(server_address, spec, config.postgres_host))
