@@ -7,6 +7,7 @@ import logging
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import ColumnElement, any_, select
@@ -36,31 +37,27 @@ MediaDeleted = Callable[[list[str]], Awaitable[None]]
 """Called after each commit with the sha256 of the media files it deleted (cache upkeep)."""
 
 
+@dataclass(eq=False)
 class Run:
     """The state of one sweep and the steps every policy shares: lock candidate rows, unlink
     their files and mark-and-audit them, tell the cache, pause between batches, and the
     reconciliation guard."""
 
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        storage: Storage,
-        settings: RetentionSettings,
-        on_media_deleted: MediaDeleted | None,
-        dry_run: bool,
-        progress: ProgressCallback,
-        selected: tuple[Policy, ...],
-    ) -> None:
-        self.engine = engine
-        self.storage = storage
-        self.settings = settings
-        self.on_media_deleted = on_media_deleted
-        self.dry_run = dry_run
-        self.progress = progress
-        self.selected = selected
+    engine: AsyncEngine
+    storage: Storage
+    settings: RetentionSettings
+    on_media_deleted: MediaDeleted | None
+    dry_run: bool
+    progress: ProgressCallback
+    selected: tuple[Policy, ...]
+    batch: int = field(init=False)
+    report: SweepReport = field(init=False)
+    deleted_media: list[str] = field(init=False, default_factory=list)
+    outbox: OutboxKeys = field(init=False)
+
+    def __post_init__(self) -> None:
         self.batch = self.settings.batch_size
-        self.report = SweepReport(dry_run, {p: PolicyTotals() for p in selected})
-        self.deleted_media: list[str] = []
+        self.report = SweepReport(self.dry_run, {p: PolicyTotals() for p in self.selected})
         self.outbox = OutboxKeys(Outbox(self.storage.outbox_dir, create=False))
 
     async def pause(self) -> None:
