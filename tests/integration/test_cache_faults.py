@@ -80,13 +80,9 @@ async def fragile(own_redis: EmbeddedRedis) -> AsyncIterator[RedisCache]:
 
 
 @pytest.fixture
-def service(session_factory: Sessions, fragile: RedisCache) -> HistoryService:
-    return HistoryService(session_factory, fragile)
-
-
-@pytest.fixture
-def media(session_factory: Sessions, fragile: RedisCache) -> MediaLookup:
-    return MediaLookup(session_factory, fragile)
+def cache(fragile: RedisCache) -> RedisCache:
+    """The conftest's ``service`` and ``media_lookup`` read through this module's Redis."""
+    return fragile
 
 
 async def timed(awaitable: Awaitable[T]) -> tuple[T, float]:
@@ -128,20 +124,20 @@ async def read_everything(
 
 async def test_stopped_redis_falls_back_to_postgres_and_recovers(
     service: HistoryService,
-    media: MediaLookup,
+    media_lookup: MediaLookup,
     fragile: RedisCache,
     own_redis: EmbeddedRedis,
     session_factory: Sessions,
 ) -> None:
     jobs, sha = await seed(service, session_factory)
-    await read_everything(service, media, jobs, sha)
-    await read_everything(service, media, jobs, sha)
+    await read_everything(service, media_lookup, jobs, sha)
+    await read_everything(service, media_lookup, jobs, sha)
     assert fragile.stats.kinds[Kind.job].hits >= len(jobs)
     assert fragile.state == "ok"
 
     own_redis.stop()
     for _ in range(10):
-        await read_everything(service, media, jobs, sha)
+        await read_everything(service, media_lookup, jobs, sha)
     assert fragile.stats.breaker_state == "opened"
     assert fragile.stats.breaker_opened_total >= 1
     # A property that changed with Redis: mypy still holds the "ok" it narrowed it to above.
@@ -154,32 +150,32 @@ async def test_stopped_redis_falls_back_to_postgres_and_recovers(
     jobs[2] = await service.mark_succeeded(jobs[2].id, a_result(late=True))
     newest, _ = await service.create_job(NewJob(analysis_type="basic"))
     jobs.append(newest)
-    await read_everything(service, media, jobs, sha)
+    await read_everything(service, media_lookup, jobs, sha)
     assert fragile.stats.kinds[Kind.job].bypassed > 0
 
     own_redis.start()  # same port, empty (no persistence)
     await asyncio.sleep(RECOVERY_S + 0.1)
     hits_before = fragile.stats.kinds[Kind.job].hits
     for _ in range(20):  # bounded: the first call after the recovery time closes it
-        await read_everything(service, media, jobs, sha)
+        await read_everything(service, media_lookup, jobs, sha)
         if fragile.stats.breaker_state == "closed":
             break
         await asyncio.sleep(RECOVERY_S / 2)
     assert fragile.stats.breaker_state == "closed"
-    await read_everything(service, media, jobs, sha)
+    await read_everything(service, media_lookup, jobs, sha)
     assert fragile.stats.kinds[Kind.job].hits > hits_before, "hits resume after recovery"
     assert fragile.state == "ok" and await fragile.ping() is True
 
 
 async def test_paused_redis_stalls_a_read_no_longer_than_the_timeout(
     service: HistoryService,
-    media: MediaLookup,
+    media_lookup: MediaLookup,
     fragile: RedisCache,
     own_redis: EmbeddedRedis,
     session_factory: Sessions,
 ) -> None:
     jobs, sha = await seed(service, session_factory)
-    await read_everything(service, media, jobs, sha)
+    await read_everything(service, media_lookup, jobs, sha)
     pid = own_redis.pid()
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
