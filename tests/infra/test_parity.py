@@ -69,13 +69,7 @@ def _pulumi_view(
             f"{p['ip']}:{int(p['external'])}:{int(p['internal'])}/{p['protocol']}"
             for p in inputs.get("ports") or []
         ],
-        "healthcheck": (
-            check["tests"],
-            check["interval"],
-            check["timeout"],
-            check["retries"],
-            check["startPeriod"],
-        ),
+        "healthcheck": _pulumi_healthcheck(check),
         "restart": inputs["restart"],
         "user": inputs.get("user"),
         "memory_mb": inputs.get("memory"),
@@ -86,6 +80,17 @@ def _pulumi_view(
             if label["label"] != SECRETS_REVISION_LABEL  # Pulumi's replacement trigger
         },
     }
+
+
+def _pulumi_healthcheck(check: dict[str, Any]) -> tuple[Any, ...]:
+    """A provider healthcheck (container or service) as the fields the renderings share."""
+    return (
+        check["tests"],
+        check["interval"],
+        check["timeout"],
+        check["retries"],
+        check["startPeriod"],
+    )
 
 
 def _compose_view(service: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
@@ -245,13 +250,7 @@ def _pulumi_swarm_view(inputs: dict[str, Any], run: Any) -> dict[str, Any]:
             (p["targetPort"], p["publishedPort"], p["protocol"], p["publishMode"])
             for p in (inputs.get("endpointSpec") or {}).get("ports") or []
         ],
-        "healthcheck": (
-            check["tests"],
-            check["interval"],
-            check["timeout"],
-            check["retries"],
-            check["startPeriod"],
-        ),
+        "healthcheck": _pulumi_healthcheck(check),
         "user": spec.get("user"),
         "memory": limits.get("memoryBytes"),
         "nano_cpus": limits.get("nanoCpus"),
