@@ -41,7 +41,6 @@ class GuardedRedis:
 
     def __init__(self, settings: Settings, url: str | None) -> None:
         self.op_timeout = settings.redis.op_timeout_s
-        self._recovery_s = settings.cache.breaker_recovery_s
         self.breaker = Breaker(
             BREAKER_NAME,
             threshold=settings.cache.breaker_failure_threshold,
@@ -90,7 +89,7 @@ class GuardedRedis:
         if after is BreakerState.open:
             log.warning(
                 "Redis circuit breaker opened: cache bypassed for %.1fs, reads use PostgreSQL",
-                self._recovery_s,
+                self.breaker.recovery_s,
             )
         elif after is BreakerState.closed:
             log.info("Redis circuit breaker closed: cache back in use")
